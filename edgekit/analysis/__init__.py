@@ -1,0 +1,1 @@
+"""Model analysis: graph reading, TFLM arena measurement, compatibility checks."""

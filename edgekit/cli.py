@@ -1,0 +1,148 @@
+"""Command line: argument parsing only. The ONE place that maps errors to exit codes.
+
+Exit codes: 0 fits / success, 1 does not fit, 2 error (one line; --debug for the traceback).
+Nothing heavy is imported at start-up: TensorFlow, coremltools and onnx2tf load on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from edgekit.errors import EdgekitError
+
+EXIT_OK, EXIT_OVER, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+        self.exit(EXIT_ERROR, f"edgekit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgekit", description="Take a trained model to phones and microcontrollers.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"edgekit {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("targets", help="list target profiles or show one resolved")
+    tsub = t.add_subparsers(dest="targets_command", metavar="ACTION", parser_class=_Parser)
+    tsub.add_parser("list", help="list every target profile on the search path")
+    show = tsub.add_parser("show", help="show a profile's resolved values and the file each came from")
+    show.add_argument("name", help="profile name or path to a .toml file")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--ops-doc", action="store_true", help="print the supported-operators document")
+
+    a = sub.add_parser("analyze", help="does MODEL fit TARGET: flash, RAM, operators, data types")
+    a.add_argument("model", help=".keras, .h5, SavedModel directory, .tflite or .onnx")
+    a.add_argument("--target", "-t", required=True, help="profile name (edgekit targets list) or .toml path")
+    a.add_argument("--calib", help="calibration data (.npy, .npz with x/y, or an image folder)")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("demo", help="the embedded default: a digits CNN analysed for a Cortex-M4")
+    d.add_argument("--target", "-t", default="cortex-m4", help="target profile (default cortex-m4)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgekit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgekit import profiles
+
+    if args.targets_command in (None, "list"):
+        from edgekit.report.text import human_bytes, table
+
+        rows = []
+        for name in profiles.list_targets():
+            try:
+                pr = profiles.load_profile(name)
+                rows.append((name, pr.runtime, pr.artifact, human_bytes(pr.flash_bytes),
+                             human_bytes(pr.ram_bytes), pr.description))
+            except EdgekitError as exc:
+                rows.append((name, "ERROR", "", "", "", str(exc)))
+        print(table(["target", "runtime", "artifact", "flash", "ram", "description"], rows, "lllrr"))
+        return EXIT_OK
+    pr = profiles.load_profile(args.name)
+    if args.ops_doc:
+        from edgekit.analysis.compat import supported_ops_markdown
+
+        print(supported_ops_markdown(pr))
+        return EXIT_OK
+    rows = profiles.describe(pr)
+    if args.json:
+        print(json.dumps({"name": pr.name, "values": dict(pr.values), "sources": dict(pr.sources)},
+                         indent=2, default=str))
+        return EXIT_OK
+    print(f"{pr.name}: {pr.description}")
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        if len(value) > 90:
+            value = value[:87] + "..."
+        print(f"  {key.ljust(width)}  {value}    [{os.path.relpath(source) if source else ''}]")
+    return EXIT_OK
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from edgekit.analyze import analyze
+
+    report = analyze(args.model, args.target, calib=args.calib)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        from edgekit.report.text import render_analysis
+
+        print(render_analysis(report))
+    return EXIT_OK if report.fits else EXIT_OVER
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgekit.demo import run_demo
+
+    return run_demo(args.target, as_json=args.json)
+
+
+COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except EdgekitError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgekit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"edgekit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

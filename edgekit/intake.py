@@ -1,0 +1,191 @@
+"""Load a model file into an Artifact: .keras, legacy .h5, SavedModel dir, .tflite, .onnx.
+
+TensorFlow is imported only when a format needs it, so `.tflite` intake stays fast.
+ONNX goes through onnx2tf in a child process, offline: constant subgraphs are
+folded first (onnxruntime's basic graph optimizations), and the sample-image
+file onnx2tf would otherwise download for 4-D 3-channel inputs is generated
+in the scratch directory it runs in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit import options
+from edgekit.errors import ModelError
+
+FORMATS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".tflite": "tflite", ".onnx": "onnx"}
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@dataclass
+class Artifact:
+    """A model in hand: where it came from, and the forms edgekit can work with."""
+
+    source: Path
+    fmt: str  # keras | h5 | savedmodel | tflite | onnx
+    keras_model: Any = None
+    saved_model_dir: Path | None = None
+    tflite: bytes | None = None  # the file's own bytes for .tflite sources
+    float_tflite_cache: bytes | None = None
+    _scratch: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_tflite(self) -> bool:
+        return self.fmt == "tflite"
+
+    @property
+    def name(self) -> str:
+        return self.source.stem if self.source.is_file() else self.source.name
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return "savedmodel"
+        raise ModelError(
+            f"{path} is a directory but not a SavedModel (no saved_model.pb inside)",
+            "pass the SavedModel folder itself, or a .keras/.h5/.tflite/.onnx file",
+        )
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ModelError(
+            f"{path}: unknown model format {path.suffix or '(no extension)'}",
+            "supported: .keras, .h5, SavedModel directory, .tflite, .onnx",
+        )
+    return fmt
+
+
+def load(path: str | os.PathLike[str]) -> Artifact:
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file {p} does not exist", "check the path")
+    if p.is_file() and not os.access(p, os.R_OK):
+        raise ModelError(f"model file {p} is not readable", "check its permissions")
+    fmt = detect_format(p)
+    if fmt == "tflite":
+        return _load_tflite(p)
+    if fmt in ("keras", "h5"):
+        return _load_keras(p, fmt)
+    if fmt == "savedmodel":
+        return Artifact(source=p, fmt=fmt, saved_model_dir=p)
+    return _load_onnx(p)
+
+
+def _load_tflite(p: Path) -> Artifact:
+    from edgekit.analysis.graph import read_graph
+
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read {p}: {exc.strerror}") from None
+    read_graph(data, where=str(p))  # validates, raises ModelError on corrupt data
+    return Artifact(source=p, fmt="tflite", tflite=data)
+
+
+def _load_keras(p: Path, fmt: str) -> Artifact:
+    if p.stat().st_size == 0:
+        raise ModelError(f"{p} is empty", "re-save the model")
+    from edgekit._tf import keras
+
+    try:
+        model = keras.models.load_model(p, compile=False)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load Keras model {p}: {_first_line(exc)}",
+            "save it with model.save('model.keras') from Keras 3, or pass a SavedModel/.tflite",
+        ) from None
+    return Artifact(source=p, fmt=fmt, keras_model=model)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ------------------------------------------------------------------- ONNX
+
+
+def fold_constants(src: Path, dst: Path) -> None:
+    """Fold constant subgraphs (e.g. ConstantOfShape weight generators) with onnxruntime."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+def _load_onnx(p: Path) -> Artifact:
+    import onnx
+
+    try:
+        model = onnx.load(str(p))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"{p} is not a valid ONNX model: {_first_line(exc)}") from None
+    scratch = tempfile.TemporaryDirectory(prefix="edgekit-onnx-")
+    work = Path(scratch.name)
+    folded = work / "folded.onnx"
+    try:
+        fold_constants(p, folded)
+    except Exception as exc:
+        scratch.cleanup()
+        raise ModelError(f"onnxruntime cannot load {p}: {_first_line(exc)}") from None
+    # onnx2tf downloads this file for 4-D 3-channel inputs unless it is in its working
+    # directory: generate it (deterministic) so intake never touches the network.
+    import numpy as np
+
+    rng = np.random.default_rng(int(options.SEED.value))
+    np.save(work / ONNX2TF_SAMPLE, rng.random((20, 128, 128, 3), dtype=np.float32))
+    out = work / "saved_model"
+    cmd = [
+        sys.executable, "-c",
+        "import sys, onnx2tf; onnx2tf.convert(input_onnx_file_path=sys.argv[1], "
+        "output_folder_path=sys.argv[2], non_verbose=True, not_use_onnxsim=True)",
+        str(folded), str(out),
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_PROXY="*")
+    try:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=False, env=env,
+                              timeout=options.CONVERT_TIMEOUT.value)
+    except subprocess.TimeoutExpired:
+        scratch.cleanup()
+        raise ModelError(f"onnx2tf did not finish converting {p} in {options.CONVERT_TIMEOUT.value:.0f} s") from None
+    tflites = sorted(out.glob("*_float32.tflite"))
+    if proc.returncode != 0 or not tflites:
+        reason = _onnx2tf_reason(proc.stdout + "\n" + proc.stderr)
+        scratch.cleanup()
+        raise ModelError(
+            f"onnx2tf cannot convert {p}: {reason}",
+            "simplify or re-export the ONNX graph (opset >= 13), or convert it to .tflite yourself",
+        )
+    art = Artifact(source=p, fmt="onnx", saved_model_dir=out, _scratch=scratch)
+    art.float_tflite_cache = tflites[0].read_bytes()
+    art.notes.append("converted from ONNX with onnx2tf (NCHW inputs become NHWC)")
+    return art
+
+
+def _onnx2tf_reason(text: str) -> str:
+    import re
+
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [ln.strip() for ln in clean.splitlines() if ln.strip()]
+    for marker in ("Error:", "ERROR:", "Exception", "error"):
+        hits = [ln for ln in lines if marker in ln and not ln.startswith("File ")]
+        if hits:
+            return hits[-1][:300]
+    return (lines[-1] if lines else "no output")[:300]

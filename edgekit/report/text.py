@@ -1,0 +1,71 @@
+"""Terminal rendering of reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgekit.analyze import AnalysisReport
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str = "") -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for n, row in enumerate(cells):
+        parts = []
+        for i, c in enumerate(row):
+            right = i < len(align) and align[i] == "r"
+            parts.append(c.rjust(widths[i]) if right else c.ljust(widths[i]))
+        out.append("  ".join(parts).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _shape(shapes: Sequence[Sequence[int]]) -> str:
+    return " ".join("x".join(str(d) for d in s) or "scalar" for s in shapes)
+
+
+def render_analysis(r: AnalysisReport) -> str:
+    g = r.graph
+    rows = [
+        (la.index, la.op, _shape(la.input_shapes), _shape(la.output_shapes), f"{la.params:,}",
+         f"{la.macs:,}", f"{la.weight_bytes:,}")
+        for la in g.layers
+    ]
+    rows.append(("", "TOTAL", "", "", f"{g.params:,}", f"{g.macs:,}", f"{g.weight_bytes:,}"))
+    lines = [
+        f"model   {r.model}",
+        f"target  {r.target} ({r.runtime}, artifact {r.artifact_kind})",
+        f"calib   {r.calibration}",
+        "",
+        table(["#", "op", "input", "output", "params", "MACs", "weight B"], rows, "rllrrrr"),
+        "",
+        f"ops     {', '.join(g.ops)}",
+        f"dtypes  {', '.join(g.dtypes)}",
+        "",
+    ]
+    brow = []
+    for b in r.budgets:
+        if b.unit == "bytes":
+            brow.append((b.name, human_bytes(b.used), human_bytes(b.limit),
+                         ("+" if b.margin >= 0 else "-") + human_bytes(abs(b.margin)),
+                         "fits" if b.fits else "OVER", b.note))
+        else:
+            brow.append((b.name, b.used, b.limit, b.margin, "fits" if b.fits else "OVER", b.note))
+    lines.append(table(["budget", "used", "limit", "margin", "verdict", "detail"], brow, "lrrrl"))
+    for f in r.findings:
+        lines.append(f"unsupported: {f.reason}: {', '.join(f.items)}")
+    for n in r.notes:
+        lines.append(f"note: {n}")
+    lines.append("")
+    lines.append(f"verdict: {'FITS' if r.fits else 'DOES NOT FIT'} {r.target}")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Convert an Artifact to a TFLite flatbuffer: float32, float16, dynamic range, int8, int16x8.
+
+Keras models are traced through one concrete function with a fixed batch of 1,
+so the graph carries no dynamic-shape plumbing (SHAPE/STRIDED_SLICE/PACK) that
+a microcontroller would have to execute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edgekit import options
+from edgekit.data import Dataset
+from edgekit.errors import StageError
+from edgekit.intake import Artifact
+
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+ARTIFACT_MODE = {
+    "tflite-float32": "float32",
+    "tflite-float16": "float16",
+    "tflite-dynamic": "dynamic",
+    "tflite-int8": "int8",
+    "tflite-int16x8": "int16x8",
+}
+
+
+def input_shape(art: Artifact) -> tuple[int, ...]:
+    """The model's (single) input shape with batch 1."""
+    if art.tflite is not None or (art.fmt == "onnx" and art.float_tflite_cache is not None):
+        from edgekit.analysis.graph import read_graph
+
+        data = art.tflite if art.tflite is not None else art.float_tflite_cache
+        assert data is not None
+        g = read_graph(data)
+        ins = g.input_tensors()
+        _single_input(len(ins), art)
+        return tuple(max(d, 1) for d in ins[0].shape)
+    if art.keras_model is not None:
+        inputs = art.keras_model.inputs
+        _single_input(len(inputs), art)
+        shape = tuple(inputs[0].shape)
+        return (1, *(int(d) if d is not None else 1 for d in shape[1:]))
+    spec = _saved_model_spec(art)
+    return tuple(1 if d is None else int(d) for d in spec.shape)
+
+
+def _single_input(n: int, art: Artifact) -> None:
+    if n != 1:
+        raise StageError(f"{art.source} has {n} inputs; edgekit converts single-input models for now")
+
+
+def _saved_model_spec(art: Artifact) -> Any:
+    from edgekit._tf import tf
+
+    loaded = tf.saved_model.load(str(art.saved_model_dir))
+    sig = loaded.signatures.get("serving_default")
+    if sig is None:
+        raise StageError(f"{art.saved_model_dir} has no serving_default signature")
+    specs = list(sig.structured_input_signature[1].values())
+    _single_input(len(specs), art)
+    return specs[0]
+
+
+def _converter(art: Artifact) -> Any:
+    from edgekit._tf import tf
+
+    if art.keras_model is not None:
+        from edgekit._tf import keras
+
+        model = art.keras_model
+        shape = input_shape(art)
+        # Re-wrap with a fixed batch of 1: no dynamic-shape plumbing in the converted graph.
+        inp = keras.Input(batch_shape=shape, dtype=model.inputs[0].dtype)
+        fixed = keras.Model(inp, model(inp, training=False))
+        return tf.lite.TFLiteConverter.from_keras_model(fixed)
+    if art.saved_model_dir is not None:
+        return tf.lite.TFLiteConverter.from_saved_model(str(art.saved_model_dir))
+    raise StageError(f"{art.source} is already a .tflite file; it cannot be re-quantized from here",
+                     "pass the source model (.keras, SavedModel or .onnx) to quantize it")
+
+
+def _representative(calib: Dataset) -> Iterator[list[np.ndarray]]:
+    n = min(len(calib), int(options.CALIB_MAX_SAMPLES.value))
+    for i in range(n):
+        yield [calib.x[i : i + 1].astype(np.float32)]
+
+
+def convert(art: Artifact, mode: str, calib: Dataset | None = None, io_dtype: str = "float32") -> bytes:
+    """Return the .tflite bytes of ``art`` converted in ``mode``."""
+    if mode not in MODES:
+        raise StageError(f"unknown quantization mode {mode!r} (must be one of {', '.join(MODES)})")
+    if mode == "float32" and art.float_tflite_cache is not None:
+        return art.float_tflite_cache
+    if art.tflite is not None:
+        if mode == "float32":
+            return art.tflite
+        _converter(art)  # raises the clear error for .tflite sources
+    from edgekit._tf import tf
+
+    conv = _converter(art)
+    if mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int16x8"):
+        if calib is None:
+            raise StageError(f"{mode} quantization needs calibration data")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: _representative(calib)
+        if mode == "int8":
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if io_dtype == "int8":
+                conv.inference_input_type = tf.int8
+                conv.inference_output_type = tf.int8
+        else:
+            conv.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+            if io_dtype == "int8":
+                conv.inference_input_type = tf.int16
+                conv.inference_output_type = tf.int16
+    from edgekit._tf import quiet_native
+
+    try:
+        with quiet_native((1, 2)):
+            data = conv.convert()
+    except Exception as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        key = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(exc).__name__)
+        raise StageError(f"TFLite conversion ({mode}) of {art.source} failed: {key.strip()[:300]}") from None
+    if mode == "float32":
+        art.float_tflite_cache = data
+    return bytes(data)
