@@ -232,12 +232,12 @@ def _resolve_raw(
     if parent is not None:
         local = _index([path.parent])
         parent_path = local.get(parent) or index.get(parent)
-        if parent_path is None or parent_path == path:
+        if parent_path is None:
             raise ProfileError(
                 f"{path}: inherit = {parent!r} names no known profile",
                 _closest_hint(parent, index),
             )
-        values, sources = _resolve_raw(parent_path, index, [*chain, path])
+        values, sources = _resolve_raw(parent_path.resolve(), index, [*chain, path])
         values.pop("abstract", None)
         sources.pop("abstract", None)
     for key, value in flat.items():

@@ -109,7 +109,7 @@ def measure_arena(model: bytes, activation_hint: int = 0, timeout: float | None 
             ) from None
     out = proc.stdout + "\n" + proc.stderr
     if proc.returncode != 0:
-        raise _crash_error(proc.returncode, out)
+        raise _crash_error(proc.returncode, out, _degenerate_op(model))
     total = _TOTAL.search(out)
     if not total:
         raise MeasurementError("the TFLM interpreter printed no allocation record", out.strip()[-200:])
@@ -128,7 +128,25 @@ def measure_arena(model: bytes, activation_hint: int = 0, timeout: float | None 
     )
 
 
-def _crash_error(code: int, out: str) -> MeasurementError:
+def _degenerate_op(model: bytes) -> str | None:
+    """The first operator whose activation input has a collapsed quantization scale."""
+    from edgekit.analysis.graph import read_graph
+
+    try:
+        g = read_graph(model)
+    except Exception:
+        return None
+    for layer in g.layers:
+        for t in layer.inputs:
+            if t < 0 or g.tensors[t].is_const:
+                continue
+            scale = g.tensors[t].scale
+            if scale and min(scale) < 1e-6:
+                return f"{layer.op} (operator #{layer.index}, input scale {min(scale):.3g})"
+    return None
+
+
+def _crash_error(code: int, out: str, suspect: str | None = None) -> MeasurementError:
     for line in out.splitlines():
         if line.startswith("{") and '"error"' in line:
             info = json.loads(line)
@@ -141,13 +159,15 @@ def _crash_error(code: int, out: str) -> MeasurementError:
     node = _NODE.search(out)
     kernel = _KERNEL_FILE.search(out)
     op = node.group(1) if node else (kernel.group(1).upper() if kernel else None)
+    if op is None and suspect:
+        op = suspect
     if code < 0 or "TFLITE_CHECK" in out or "Aborted" in out or code == 134:
         where = f"in the {op} kernel" if op else "in a kernel"
         cause = (
             "its quantization parameters are degenerate - usually calibration collapsed a tensor's "
             "scale (an untrained model, or calibration data that does not resemble real inputs)"
         )
-        if op == "SOFTMAX":
+        if op and op.startswith("SOFTMAX"):
             cause = (
                 "the softmax input scale collapsed during calibration (an untrained classifier, or "
                 "calibration data unlike real inputs)"

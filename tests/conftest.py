@@ -1,0 +1,62 @@
+"""Shared fixtures. Models are built inside the tests; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+# Tests never depend on the network: point proxies at a dead port so any attempt fails fast.
+for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    os.environ[var] = "http://127.0.0.1:9"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small CNN in every format edgekit takes, plus int8/float .tflite forms."""
+    from edgekit._tf import keras, tf
+    from edgekit.demo import train_digits_cnn
+
+    out = tmp_path_factory.mktemp("models")
+    model, (xtr, ytr, xte, yte) = train_digits_cnn(epochs=3)
+    paths = {"keras": out / "cnn.keras", "h5": out / "cnn.h5", "savedmodel": out / "cnn_saved"}
+    model.save(paths["keras"])
+    model.save(paths["h5"])
+    model.export(paths["savedmodel"], verbose=False)
+    np.savez(out / "calib.npz", x=xtr[:100], y=ytr[:100])
+    paths["calib"] = out / "calib.npz"
+    from edgekit import data, intake
+    from edgekit.stages import quantize
+
+    art = intake.load(paths["keras"])
+    calib = data.load(paths["calib"], (1, 8, 8, 1))
+    paths["int8"] = out / "cnn_int8.tflite"
+    paths["int8"].write_bytes(quantize.convert(art, "int8", calib, "int8"))
+    paths["float"] = out / "cnn_float.tflite"
+    paths["float"].write_bytes(quantize.convert(art, "float32"))
+
+    # a float model with an operator TFLM does not register (TOPK_V2)
+    @tf.function(input_signature=[tf.TensorSpec((1, 16), tf.float32)])
+    def topk(x: tf.Tensor) -> tf.Tensor:
+        return tf.math.top_k(x, k=3).values
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([topk.get_concrete_function()])
+    paths["topk"] = out / "topk.tflite"
+    paths["topk"].write_bytes(conv.convert())
+    del keras
+    return paths
