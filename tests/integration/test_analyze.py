@@ -1,0 +1,174 @@
+"""analyze end to end, on models built in the tests, with the real converter and TFLM."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _tflm_reported_arena(model: Path) -> int:
+    """What the TFLM interpreter itself reports, measured independently of edgekit."""
+    code = (
+        "import sys, numpy as np\n"
+        "from tflite_micro.python.tflite_micro import runtime\n"
+        "it = runtime.Interpreter.from_bytes(open(sys.argv[1], 'rb').read(), arena_size=1 << 20)\n"
+        "d = it.get_input_details(0)\n"
+        "it.set_input(np.zeros(d['shape'], d['dtype']), 0)\n"
+        "it.invoke()\n"
+        "it.print_allocations()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True)
+    m = re.search(r"Arena allocation total (\d+) bytes", proc.stdout + proc.stderr)
+    assert m, proc.stdout + proc.stderr
+    return int(m.group(1))
+
+
+def test_int8_arena_equals_tflm_interpreter(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["int8"]), "--target", "cortex-m4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["arena_bytes"] == _tflm_reported_arena(models["int8"])
+    assert out["flash_bytes"] == models["int8"].stat().st_size
+    for key in ("model", "target", "fits", "flash_bytes", "arena_bytes", "params", "macs", "ops",
+                "unsupported_ops", "budgets"):
+        assert key in out
+    assert out["fits"] is True and out["unsupported_ops"] == []
+    assert out["ops"] == sorted(set(out["ops"]))
+    assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= set(out["ops"])
+    assert out["budgets"]["ram"] == {"limit": 196_608, "used": out["arena_bytes"], "fits": True,
+                                     "margin": 196_608 - out["arena_bytes"], "unit": "bytes",
+                                     "note": "tflm-arena"}
+
+
+def test_params_and_macs_are_exact(models: dict[str, Path]) -> None:
+    from edgekit.analysis.graph import read_graph
+
+    g = read_graph(models["int8"].read_bytes())
+    by_op = [(la.op, la.params, la.macs) for la in g.layers if la.op in ("CONV_2D", "FULLY_CONNECTED")]
+    # conv 3x3x1->16 on 8x8: 16*9+16 params, 8*8*16*9 MACs; conv 3x3x16->32 on 4x4; dense 128->32, 32->10
+    assert by_op == [("CONV_2D", 160, 9216), ("CONV_2D", 4640, 4 * 4 * 32 * 144),
+                     ("FULLY_CONNECTED", 4128, 4096), ("FULLY_CONNECTED", 330, 320)]
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
+def test_float_sources_convert_to_int8_for_cortex_m(models: dict[str, Path], fmt: str) -> None:
+    proc = run_cli("analyze", str(models[fmt]), "-t", "cortex-m7", "--calib", str(models["calib"]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["artifact"] == "tflite-int8"
+    assert "int8" in out["dtypes"] and "float32" not in out["dtypes"]
+    assert out["arena_bytes"] > 0
+    assert "calib.npz" in out["calibration"]
+    # int8 weights: a quarter of the float bytes (plus int32 biases and overhead)
+    assert out["flash_bytes"] < models["float"].stat().st_size / 2.5
+
+
+def test_synthetic_calibration_is_labelled(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["keras"]), "-t", "cortex-m4")
+    assert proc.returncode == 0, proc.stderr
+    assert "SYNTHETIC" in proc.stdout and "--calib" in proc.stdout
+    assert "verdict: FITS" in proc.stdout
+    assert "CONV_2D" in proc.stdout and "TOTAL" in proc.stdout
+
+
+def test_over_budget_exits_1_with_margins(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["int8"]), "-t", str(DATA / "targets" / "valid_tiny_board.toml"),
+                   "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["fits"] is False
+    assert out["budgets"]["flash"]["fits"] is False
+    assert out["budgets"]["flash"]["margin"] == 4096 - out["flash_bytes"] < 0
+    assert out["budgets"]["ram"]["fits"] is False
+
+
+def test_unsupported_op_listed_exactly(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["topk"]), "-t", "cortex-m4", "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["unsupported_ops"] == ["TOPK_V2"]
+    assert out["budgets"]["ops"]["fits"] is False
+    # the phone CPU runs every builtin
+    phone = json.loads(run_cli("analyze", str(models["topk"]), "-t", "android-arm64-cpu", "--json").stdout)
+    assert phone["unsupported_ops"] == [] and phone["fits"] is True
+    # ... the GPU delegate does not take TOPK_V2
+    gpu = json.loads(run_cli("analyze", str(models["topk"]), "-t", "android-gpu", "--json").stdout)
+    assert gpu["unsupported_ops"] == ["TOPK_V2"]
+
+
+def test_mobile_ram_is_peak_activation(models: dict[str, Path]) -> None:
+    from edgekit.analysis.graph import read_graph
+
+    proc = run_cli("analyze", str(models["float"]), "-t", "android-arm64-cpu", "--json")
+    out = json.loads(proc.stdout)
+    assert out["ram_kind"] == "peak-activation"
+    g = read_graph(models["float"].read_bytes())
+    # conv1 output (8x8x16 float) and the input are live together at step 0
+    assert out["ram_bytes"] == g.peak_activation_bytes() >= (8 * 8 * 16 + 8 * 8) * 4
+
+
+def test_calibration_data_wrong_shape_and_nan(models: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((10, 9, 9, 1), np.float32))
+    proc = run_cli("analyze", str(models["keras"]), "-t", "cortex-m4", "--calib", str(bad))
+    assert proc.returncode == 2 and "shape (10, 9, 9, 1)" in proc.stderr and "Traceback" not in proc.stderr
+    nan = tmp_path / "nan.npy"
+    x = np.zeros((10, 8, 8, 1), np.float32)
+    x[3, 2, 2, 0] = np.nan
+    np.save(nan, x)
+    proc = run_cli("analyze", str(models["keras"]), "-t", "cortex-m4", "--calib", str(nan))
+    assert proc.returncode == 2 and "NaN or Inf" in proc.stderr
+
+
+def test_collapsed_softmax_gets_a_clear_error(tmp_path: Path) -> None:
+    """TFLM aborts in softmax set-up when calibration collapses its input scale: the CLI survives."""
+    from edgekit._tf import keras
+
+    m = keras.Sequential([keras.Input((16,)),
+                          keras.layers.Dense(10, kernel_initializer="zeros", bias_initializer="zeros"),
+                          keras.layers.Softmax()])
+    path = tmp_path / "untrained.keras"
+    m.save(path)
+    proc = run_cli("analyze", str(path), "-t", "cortex-m4")
+    assert proc.returncode == 2
+    assert "SOFTMAX" in proc.stderr and "scale collapsed" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_big_activation_model_gets_a_large_enough_arena(tmp_path: Path) -> None:
+    """Tiny weights, big activations: TFLM's default arena (10x model size) would not allocate."""
+    from edgekit._tf import keras
+
+    m = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Conv2D(8, 3, padding="same"),
+                          keras.layers.ReLU()])
+    path = tmp_path / "wide.keras"
+    m.save(path)
+    proc = run_cli("analyze", str(path), "-t", "cortex-m7", "--json")
+    out = json.loads(proc.stdout)
+    assert out["arena_bytes"] > 10 * out["flash_bytes"]
+    assert out["arena_bytes"] >= 96 * 96 * (3 + 8)  # int8 input + output live together
+
+
+def test_coreml_target_refuses_tflite(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["int8"]), "-t", "ios-ane")
+    assert proc.returncode == 2 and "Core ML" in proc.stderr and ".tflite" in proc.stderr
+
+
+def test_coreml_target_measures_mlpackage(models: dict[str, Path]) -> None:
+    proc = run_cli("analyze", str(models["keras"]), "-t", "ios-ane", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["artifact"] == "mlpackage-fp16"
+    # fp16 weights: about half the float32 weight bytes, plus the package's own files
+    float_weights = 9260 * 4
+    assert float_weights / 2 <= out["flash_bytes"] < float_weights
