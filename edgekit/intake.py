@@ -10,6 +10,7 @@ in the scratch directory it runs in.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,11 +123,30 @@ def fold_constants(src: Path, dst: Path) -> None:
     """Fold constant subgraphs (e.g. ConstantOfShape weight generators) with onnxruntime."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    drop_unused_inputs(dst)
+
+
+def drop_unused_inputs(path: Path) -> None:
+    """Drop graph inputs that are weights (old exporters list every initializer as an input too)
+    or that no node reads any more (inputs of folded constant subgraphs): onnx2tf would take them
+    as model inputs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {init.name for init in model.graph.initializer}
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.input if i.name not in weights and i.name in used]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        onnx.save(model, str(path))
 
 
 def _load_onnx(p: Path) -> Artifact:
@@ -142,9 +162,10 @@ def _load_onnx(p: Path) -> Artifact:
     folded = work / "folded.onnx"
     try:
         fold_constants(p, folded)
-    except Exception as exc:
-        scratch.cleanup()
-        raise ModelError(f"onnxruntime cannot load {p}: {_first_line(exc)}") from None
+    except Exception:
+        # onnxruntime cannot run it either; let onnx2tf try the graph as it is and give its reason
+        shutil.copyfile(p, folded)
+        drop_unused_inputs(folded)
     # onnx2tf downloads this file for 4-D 3-channel inputs unless it is in its working
     # directory: generate it (deterministic) so intake never touches the network.
     import numpy as np
