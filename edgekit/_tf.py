@@ -52,9 +52,8 @@ def quiet_native(fds: tuple[int, ...] = (2,)) -> Iterator[None]:
 
 
 with quiet_native():
-    import tensorflow as tf
-
     import keras
+    import tensorflow as tf
 
 tf.get_logger().setLevel("ERROR")
 

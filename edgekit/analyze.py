@@ -110,12 +110,11 @@ def _deployable(art: intake.Artifact, profile: TargetProfile, calib_path: str | 
     if calib_path:
         calib = data_mod.load(calib_path, shape)
         label = f"{calib.source} ({len(calib)} samples)"
-    if mode in ("int8", "int16x8"):
-        if calib is None:
-            calib = data_mod.synthetic(shape)
-            label = f"SYNTHETIC: {calib.source}, {len(calib)} samples - pass --calib for real figures"
-            notes.append("calibration used synthetic data: quantization scales (and so accuracy) are "
-                         "not representative; sizes and arena are")
+    if mode in ("int8", "int16x8") and calib is None:
+        calib = data_mod.synthetic(shape)
+        label = f"SYNTHETIC: {calib.source}, {len(calib)} samples - pass --calib for real figures"
+        notes.append("calibration used synthetic data: quantization scales (and so accuracy) are "
+                     "not representative; sizes and arena are")
     return quantize.convert(art, mode, calib, profile.io_dtype), label
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edgekit.errors import EdgekitError
 
@@ -19,7 +20,7 @@ EXIT_OK, EXIT_OVER, EXIT_ERROR = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's own convention)
         self.exit(EXIT_ERROR, f"edgekit: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -64,7 +65,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     if args.targets_command in (None, "list"):
         from edgekit.report.text import human_bytes, table
 
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for name in profiles.list_targets():
             try:
                 pr = profiles.load_profile(name)
@@ -80,14 +81,14 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
         print(supported_ops_markdown(pr))
         return EXIT_OK
-    rows = profiles.describe(pr)
+    described = profiles.describe(pr)
     if args.json:
         print(json.dumps({"name": pr.name, "values": dict(pr.values), "sources": dict(pr.sources)},
                          indent=2, default=str))
         return EXIT_OK
     print(f"{pr.name}: {pr.description}")
-    width = max(len(k) for k, _, _ in rows)
-    for key, value, source in rows:
+    width = max(len(k) for k, _, _ in described)
+    for key, value, source in described:
         if len(value) > 90:
             value = value[:87] + "..."
         print(f"  {key.ljust(width)}  {value}    [{os.path.relpath(source) if source else ''}]")

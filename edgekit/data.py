@@ -101,8 +101,7 @@ def _load_images(folder: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     out = []
     for f in files:
         try:
-            img = Image.open(f)
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h))
+            img = Image.open(f).convert("L" if c == 1 else "RGB").resize((w, h))
         except OSError as exc:
             raise DataError(f"cannot read image {f}: {exc}") from None
         arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -33,7 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from edgekit.demo import train_digits_cnn
 
     out = tmp_path_factory.mktemp("models")
-    model, (xtr, ytr, xte, yte) = train_digits_cnn(epochs=3)
+    model, (xtr, ytr, _, _) = train_digits_cnn(epochs=3)
     paths = {"keras": out / "cnn.keras", "h5": out / "cnn.h5", "savedmodel": out / "cnn_saved"}
     model.save(paths["keras"])
     model.save(paths["h5"])

@@ -125,9 +125,9 @@ class Graph:
                 last[t] = max(last.get(t, step), step)
         for o in self.outputs:
             last[o] = max(n - 1, 0)
-        for t in self.tensors:
-            if t.is_variable:
-                first[t.index], last[t.index] = 0, max(n - 1, 0)
+        for tensor in self.tensors:
+            if tensor.is_variable:
+                first[tensor.index], last[tensor.index] = 0, max(n - 1, 0)
         peak = 0
         for step in range(max(n, 1)):
             live = sum(

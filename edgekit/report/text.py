@@ -36,7 +36,7 @@ def _shape(shapes: Sequence[Sequence[int]]) -> str:
 
 def render_analysis(r: AnalysisReport) -> str:
     g = r.graph
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (la.index, la.op, _shape(la.input_shapes), _shape(la.output_shapes), f"{la.params:,}",
          f"{la.macs:,}", f"{la.weight_bytes:,}")
         for la in g.layers
@@ -53,7 +53,7 @@ def render_analysis(r: AnalysisReport) -> str:
         f"dtypes  {', '.join(g.dtypes)}",
         "",
     ]
-    brow = []
+    brow: list[tuple[object, ...]] = []
     for b in r.budgets:
         if b.unit == "bytes":
             brow.append((b.name, human_bytes(b.used), human_bytes(b.limit),

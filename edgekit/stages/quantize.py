@@ -83,9 +83,9 @@ def _converter(art: Artifact) -> Any:
         if sig is None:
             return tf.lite.TFLiteConverter.from_saved_model(str(art.saved_model_dir))
         name, spec = next(iter(sig.structured_input_signature[1].items()))
-        shape = [1 if d is None else d for d in spec.shape]
+        fixed_shape = [1 if d is None else d for d in spec.shape]
         fixed = tf.function(lambda x: sig(**{name: x}))
-        concrete = fixed.get_concrete_function(tf.TensorSpec(shape, spec.dtype))
+        concrete = fixed.get_concrete_function(tf.TensorSpec(fixed_shape, spec.dtype))
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded)
     raise StageError(f"{art.source} is already a .tflite file; it cannot be re-quantized from here",
                      "pass the source model (.keras, SavedModel or .onnx) to quantize it")
