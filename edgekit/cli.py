@@ -44,10 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--calib", help="calibration data (.npy, .npz with x/y, or an image folder)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
-    d = sub.add_parser("demo", help="the embedded default: a digits CNN analysed for a Cortex-M4")
-    d.add_argument("--target", "-t", default="cortex-m4", help="target profile (default cortex-m4)")
+    f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
+    f.add_argument("model", help=".keras, .h5, SavedModel directory or .onnx (the float source model)")
+    f.add_argument("--target", "-t", required=True, help="profile name or .toml path")
+    f.add_argument("--eval", required=True, dest="eval_data", help="evaluation data with labels (.npz x/y)")
+    f.add_argument("--calib", help="calibration data (.npy, .npz, image folder); default: eval samples")
+    f.add_argument("--max-drop", type=_non_negative, default=1.0,
+                   help="largest allowed metric drop (top1: percentage points; default 1.0)")
+    f.add_argument("--metric", default="top1", help="top1 (default), mse, mae, or module:function")
+    f.add_argument("--optimize", choices=["size", "latency", "ram"],
+                   help="what the winner minimizes (default: latency for phones, size otherwise)")
+    f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
+    f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    f.add_argument("--force", action="store_true", help="replace an existing output directory")
+    f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
+    f.add_argument("--json", action="store_true", help="print report.json instead of the table")
+
+    d = sub.add_parser("demo", help="the embedded default: a digits CNN fitted to cortex-m4, a phone and an iPhone")
+    d.add_argument("--target", "-t", action="append",
+                   help="target profile (repeatable; default cortex-m4, android-arm64-cpu, ios-ane)")
+    d.add_argument("-o", "--output", help="keep each target's artifact and report under this directory")
+    d.add_argument("--force", action="store_true", help="replace existing output directories")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
 
 
 def _version() -> str:
@@ -108,13 +137,28 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_OK if report.fits else EXIT_OVER
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from edgekit.fit import fit
+
+    result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
+                 metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output,
+                 force=args.force, use_cache=not args.no_cache, quiet=args.json)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        from edgekit.report.fit_report import render_text
+
+        print(render_text(result))
+    return EXIT_OK if result.fits else EXIT_OVER
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edgekit.demo import run_demo
+    from edgekit.demo import DEMO_TARGETS, run_demo
 
-    return run_demo(args.target, as_json=args.json)
+    return run_demo(tuple(args.target or DEMO_TARGETS), out_dir=args.output, force=args.force, as_json=args.json)
 
 
-COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "demo": _cmd_demo}
+COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,12 +32,12 @@ def build_digits_cnn() -> Any:
 
     return keras.Sequential([
         keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
         keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
         keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(128, activation="relu"),
         keras.layers.Dense(10),
         keras.layers.Softmax(),
     ])
@@ -57,29 +57,53 @@ def train_digits_cnn(epochs: int = 15) -> tuple[Any, tuple[np.ndarray, np.ndarra
     return model, split
 
 
-def run_demo(target: str = "cortex-m4", as_json: bool = False) -> int:
-    from edgekit.analyze import analyze
+DEMO_TARGETS = ("cortex-m4", "android-arm64-cpu", "ios-ane")
+
+
+def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None, force: bool = False,
+             as_json: bool = False) -> int:
+    """Train the digits CNN, fit it to each target, print one table. Exit 0 when all fit."""
+    from edgekit.fit import fit
+    from edgekit.report.text import human_bytes, table
 
     t0 = time.perf_counter()
-    model, (xtr, _, xte, yte) = train_digits_cnn()
-    float_acc = float(np.mean(np.argmax(model.predict(xte, verbose=0), axis=1) == yte))
+    model, (xtr, ytr, xte, yte) = train_digits_cnn()
+    float_acc = 100 * float(np.mean(np.argmax(model.predict(xte, verbose=0), axis=1) == yte))
     t_train = time.perf_counter() - t0
+    if not as_json:
+        print(f"trained a digits CNN on scikit-learn's digits in {t_train:.1f} s "
+              f"(float test accuracy {float_acc:.1f}% on {len(xte)} held-out samples)", flush=True)
+    results = []
     with tempfile.TemporaryDirectory(prefix="edgekit-demo-") as tmp:
-        path = Path(tmp) / "digits_cnn.keras"
-        model.save(path)
-        calib = Path(tmp) / "calib.npz"
-        np.savez(calib, x=xtr[:200])
-        report = analyze(path, target, calib=str(calib))
+        src = Path(tmp) / "digits_cnn.keras"
+        model.save(src)
+        np.savez(Path(tmp) / "calib.npz", x=xtr[:200], y=ytr[:200])
+        np.savez(Path(tmp) / "eval.npz", x=xte, y=yte)
+        root = Path(out_dir) if out_dir else Path(tmp) / "out"
+        for target in targets:
+            r = fit(src, target, eval_data=str(Path(tmp) / "eval.npz"), calib=str(Path(tmp) / "calib.npz"),
+                    max_drop=1.0, out_dir=root / target, force=force, quiet=as_json)
+            results.append(r)
     t_total = time.perf_counter() - t0
     if as_json:
-        out = report.to_dict()
-        out["demo"] = {"float_accuracy": float_acc, "train_seconds": t_train, "total_seconds": t_total}
-        print(json.dumps(out, indent=2))
-    else:
-        from edgekit.report.text import render_analysis
-
-        print(f"trained a digits CNN on scikit-learn's digits in {t_train:.1f} s "
-              f"(float test accuracy {100 * float_acc:.1f}%)\n")
-        print(render_analysis(report))
-        print(f"\ndemo finished in {t_total:.1f} s")
-    return 0 if report.fits else 1
+        print(json.dumps({"float_accuracy": float_acc, "seconds": t_total,
+                          "targets": [r.to_dict() for r in results]}, indent=2))
+        return 0 if all(r.fits for r in results) else 1
+    rows = []
+    for r in results:
+        c = r.winner or r.closest
+        rows.append((r.target, c.name if c else "-", human_bytes(c.flash_bytes) if c else "-",
+                     human_bytes(c.ram_bytes) if c else "-", f"{r.baseline:.1f}%",
+                     f"{c.metric:.1f}%" if c and c.metric is not None else "-",
+                     "yes" if r.fits else "NO"))
+    print()
+    print(table(["target", "artifact", "flash", "RAM", "accuracy before", "accuracy after", "fits"], rows,
+                "llrrrrl"))
+    print()
+    for r in results:
+        c = r.winner or r.closest
+        if c is not None:
+            print(f"{r.target}: {c.evaluated_on}; RAM is {c.ram_kind}")
+    where = f"artifacts and reports in {out_dir}/" if out_dir else "pass -o DIR to keep the artifacts and reports"
+    print(f"\ndemo finished in {t_total:.1f} s; {where}")
+    return 0 if all(r.fits for r in results) else 1

@@ -1,0 +1,120 @@
+"""The human report of a fit: markdown, a size-vs-accuracy plot, and the terminal table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgekit.report.text import human_bytes, table
+
+if TYPE_CHECKING:
+    from edgekit.fit import Candidate, FitResult
+    from edgekit.profiles import TargetProfile
+
+
+def _verdict(c: Candidate, winner: Candidate | None) -> str:
+    if c.error:
+        return "error"
+    if winner is not None and c.name == winner.name:
+        return "WINNER"
+    if not c.fits:
+        over = [k for k, b in c.budgets.items() if not b["fits"]]
+        return "over " + "/".join(over)
+    if not c.within_drop:
+        return "accuracy"
+    return "ok"
+
+
+def candidate_rows(r: FitResult) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for c in r.candidates:
+        metric = "-" if c.metric is None else f"{c.metric:.3f}"
+        drop = "-" if c.drop is None else f"{c.drop:+.3f}"
+        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
+        rows.append((c.name, human_bytes(c.flash_bytes) if c.flash_bytes else "-",
+                     human_bytes(c.ram_bytes) if c.ram_bytes else "-", metric, drop, lat,
+                     _verdict(c, r.winner) + (" (cached)" if c.cached else ""),
+                     c.error[:70] if c.error else c.evaluated_on))
+    return rows
+
+
+HEADERS = ["candidate", "flash", "ram", "metric", "drop", "latency ms", "verdict", "evaluated on / error"]
+
+
+def render_text(r: FitResult) -> str:
+    lines = [f"fit {r.model} -> {r.target}  (metric {r.metric}, baseline {r.baseline:.3f}, "
+             f"max drop {r.max_drop}, optimize {r.goal})", "",
+             table(HEADERS, candidate_rows(r), "lrrrrrll"), ""]
+    if r.winner:
+        lines.append(f"winner: {r.winner.name}, {r.winner.flash_bytes:,} B flash, {r.winner.ram_bytes:,} B RAM, "
+                     f"{r.metric} {r.winner.metric:.3f} (drop {r.winner.drop:+.3f})")
+    else:
+        lines.append(f"NOTHING FITS {r.target} within a drop of {r.max_drop}")
+        if r.closest:
+            c = r.closest
+            over = [f"{k} over by {b['used'] - b['limit']:,} {b['unit']}" for k, b in c.budgets.items()
+                    if not b["fits"]]
+            if c.drop is not None and not c.within_drop:
+                over.append(f"{r.metric} drop {c.drop:.3f} > {r.max_drop}")
+            lines.append(f"closest: {c.name}: " + "; ".join(over))
+    for n in r.notes:
+        lines.append(f"note: {n}")
+    if r.out_dir:
+        lines.append(f"wrote {r.out_dir}/ (report.json, report.md"
+                     + (f", {r.artifact_path.name}" if r.artifact_path else "") + ")")
+    return "\n".join(lines)
+
+
+def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str:
+    rows = candidate_rows(r)
+    md = [f"# edgekit fit: {Path(r.model).name} → {r.target}", "",
+          f"- target: **{profile.name}** — {profile.description}",
+          f"- budgets: flash {profile.flash_bytes:,} B, RAM {profile.ram_bytes:,} B"
+          + (f", latency {profile.latency_ms} ms" if profile.latency_ms is not None else ""),
+          f"- metric: `{r.metric}` on {r.eval_samples} samples of {r.eval_source}; baseline (float) "
+          f"{r.baseline:.4f}; allowed drop {r.max_drop}",
+          f"- calibration: {r.calibration}",
+          f"- goal: smallest `{r.goal}` among candidates that meet every budget and the accuracy bound",
+          "", "## Candidates (least to most aggressive)", "",
+          "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    md.append("")
+    if r.winner:
+        md.append(f"**Winner: {r.winner.name}** — the smallest {r.goal} of the candidates that fit "
+                  f"every budget within the allowed {r.metric} drop.")
+    else:
+        md.append(f"**Nothing fits.** Closest: {r.closest.name if r.closest else 'none'}.")
+    if has_plot:
+        md += ["", "![flash vs accuracy](candidates.png)"]
+    if r.notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    md.append("")
+    return "\n".join(md)
+
+
+def render_plot(r: FitResult, path: Path) -> bool:
+    points = [c for c in r.candidates if c.metric is not None and c.flash_bytes]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for c in points:
+        assert c.metric is not None
+        color = "tab:green" if r.winner and c.name == r.winner.name else (
+            "tab:blue" if c.eligible else "tab:red")
+        ax.scatter(c.flash_bytes / 1024, c.metric, color=color)
+        ax.annotate(c.name, (c.flash_bytes / 1024, c.metric), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    ax.axhline(r.baseline, color="gray", linestyle="--", linewidth=0.8, label="float baseline")
+    ax.set_xlabel("flash (KiB)")
+    ax.set_ylabel(r.metric)
+    ax.set_title(f"{Path(r.model).name} → {r.target}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

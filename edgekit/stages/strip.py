@@ -1,0 +1,119 @@
+"""Strip flatbuffer content a microcontroller never reads, and prove nothing else changed.
+
+A bare converter int8 model carries tensor names, conversion metadata and
+signature definitions. TFLM reads none of them, so for TFLM targets they are
+removed. The model is repacked with every buffer 16-byte aligned (weights are
+read in place from flash, and an unaligned int32 bias faults on cores without
+unaligned access). :func:`verify_bit_exact` runs both forms on the real TFLM
+interpreter and compares the outputs bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgekit.analysis.schema import schema_fb
+from edgekit.errors import EdgekitError, StageError
+
+BUFFER_ALIGNMENT = 16
+
+
+class _AlignedBuffer:
+    """Packs a BufferT with its data vector aligned to BUFFER_ALIGNMENT bytes."""
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+
+    def Pack(self, builder: Any) -> int:
+        data_off = None
+        data = self.buf.data
+        if data is not None and len(data):
+            raw = np.asarray(data, dtype=np.uint8).tobytes()
+            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
+            builder.head = builder.head - len(raw)
+            builder.Bytes[builder.head : builder.head + len(raw)] = raw
+            data_off = builder.EndVector()
+        schema_fb.BufferStart(builder)
+        if data_off is not None:
+            schema_fb.BufferAddData(builder, data_off)
+        schema_fb.BufferAddOffset(builder, self.buf.offset)
+        schema_fb.BufferAddSize(builder, self.buf.size)
+        return int(schema_fb.BufferEnd(builder))
+
+
+_BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
+
+
+def strip_for_micro(data: bytes, bias_quantization: bool = True) -> bytes:
+    """Remove names, metadata, signatures and description; align buffers; keep the graph.
+
+    With ``bias_quantization=False`` the quantization parameters of int32/int64 bias
+    tensors are dropped as well: TFLM's integer kernels derive the bias scale from the
+    input and filter scales and never read them. Callers verify this bit-exact.
+    """
+    import flatbuffers
+
+    model = schema_fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    if not bias_quantization:
+        names = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+        for sg in model.subgraphs or []:
+            for op in sg.operators or []:
+                code = model.operatorCodes[op.opcodeIndex]
+                slot = _BIAS_INPUT.get(names.get(max(code.builtinCode, code.deprecatedBuiltinCode), ""))
+                if slot is None or op.inputs is None or len(op.inputs) <= slot or op.inputs[slot] < 0:
+                    continue
+                bias = sg.tensors[op.inputs[slot]]
+                if bias.type in (schema_fb.TensorType.INT32, schema_fb.TensorType.INT64):
+                    bias.quantization = None
+    if any(b.offset and b.offset > 1 for b in model.buffers or []):
+        raise StageError("models larger than 2 GB (external buffers) cannot be stripped")
+    for md in model.metadata or []:
+        if 0 < md.buffer < len(model.buffers):
+            model.buffers[md.buffer].data = None
+    model.metadata = None
+    model.signatureDefs = None
+    model.description = None
+    for sg in model.subgraphs or []:
+        sg.name = None
+        for t in sg.tensors or []:
+            t.name = None
+    model.buffers = [_AlignedBuffer(b) for b in model.buffers or []]
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def buffer_alignments(data: bytes) -> list[int]:
+    """Byte offset of every non-empty buffer's data in ``data`` (for checks)."""
+    model = schema_fb.Model.GetRootAsModel(data, 0)
+    offsets = []
+    for i in range(model.BuffersLength()):
+        b = model.Buffers(i)
+        if b.DataLength():
+            offsets.append(b._tab.Vector(b._tab.Offset(4)))
+    return offsets
+
+
+def strip_verified(data: bytes, x: np.ndarray) -> tuple[bytes, str]:
+    """The smallest stripped form whose TFLM outputs equal the original's bit for bit."""
+    for bias_q, label in ((False, "names, metadata, signatures, bias quantization"),
+                          (True, "names, metadata, signatures")):
+        candidate = strip_for_micro(data, bias_quantization=bias_q)
+        try:
+            verify_bit_exact(data, candidate, x)
+        except EdgekitError:
+            continue
+        return candidate, label
+    return data, "nothing (stripped forms were not bit-exact)"
+
+
+def verify_bit_exact(original: bytes, stripped: bytes, x: np.ndarray) -> None:
+    """Run both models on TFLM for inputs ``x``; raise StageError if any output bit differs."""
+    from edgekit.evaluate import run_tflm
+
+    a = run_tflm(original, x, raw=True)
+    b = run_tflm(stripped, x, raw=True)
+    if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b):
+        raise StageError("the stripped model's TFLM outputs differ from the original's; not stripping")
