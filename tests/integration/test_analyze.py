@@ -55,9 +55,9 @@ def test_params_and_macs_are_exact(models: dict[str, Path]) -> None:
 
     g = read_graph(models["int8"].read_bytes())
     by_op = [(la.op, la.params, la.macs) for la in g.layers if la.op in ("CONV_2D", "FULLY_CONNECTED")]
-    # conv 3x3x1->16 on 8x8: 16*9+16 params, 8*8*16*9 MACs; conv 3x3x16->32 on 4x4; dense 128->32, 32->10
-    assert by_op == [("CONV_2D", 160, 9216), ("CONV_2D", 4640, 4 * 4 * 32 * 144),
-                     ("FULLY_CONNECTED", 4128, 4096), ("FULLY_CONNECTED", 330, 320)]
+    # conv 3x3x1->32 on 8x8: 32*9+32 params, 8*8*32*9 MACs; conv 3x3x32->64 on 4x4; dense 256->128, 128->10
+    assert by_op == [("CONV_2D", 320, 8 * 8 * 32 * 9), ("CONV_2D", 18_496, 4 * 4 * 64 * 288),
+                     ("FULLY_CONNECTED", 32_896, 32_768), ("FULLY_CONNECTED", 1_290, 1_280)]
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
@@ -113,8 +113,8 @@ def test_mobile_ram_is_peak_activation(models: dict[str, Path]) -> None:
     out = json.loads(proc.stdout)
     assert out["ram_kind"] == "peak-activation"
     g = read_graph(models["float"].read_bytes())
-    # conv1 output (8x8x16 float) and the input are live together at step 0
-    assert out["ram_bytes"] == g.peak_activation_bytes() >= (8 * 8 * 16 + 8 * 8) * 4
+    # conv1 output (8x8x32 float) and the input are live together at step 0
+    assert out["ram_bytes"] == g.peak_activation_bytes() >= (8 * 8 * 32 + 8 * 8) * 4
 
 
 def test_calibration_data_wrong_shape_and_nan(models: dict[str, Path], tmp_path: Path) -> None:
@@ -170,5 +170,5 @@ def test_coreml_target_measures_mlpackage(models: dict[str, Path]) -> None:
     out = json.loads(proc.stdout)
     assert out["artifact"] == "mlpackage-fp16"
     # fp16 weights: about half the float32 weight bytes, plus the package's own files
-    float_weights = 9260 * 4
+    float_weights = (320 + 18_496 + 32_896 + 1_290) * 4
     assert float_weights / 2 <= out["flash_bytes"] < float_weights
