@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--optimize", choices=["size", "latency", "ram"],
                    help="what the winner minimizes (default: latency for phones, size otherwise)")
     f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
+    f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder)")
     f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
@@ -142,7 +143,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output,
-                 force=args.force, use_cache=not args.no_cache, quiet=args.json)
+                 force=args.force, use_cache=not args.no_cache, quiet=args.json,
+                 only=[c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

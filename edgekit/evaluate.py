@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -89,52 +90,199 @@ def _run_litert_batched(interp: Any, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def _tflm_child(model_path: str, x_path: str, out_path: str, raw: str, arena: str) -> int:
+@dataclass
+class TflmRun:
+    """One model's run on the TFLM host interpreter: raw and dequantized outputs, arena figures."""
+
+    raw: np.ndarray
+    outputs: np.ndarray
+    arena_bytes: int
+    trial_arena_bytes: int
+
+
+def _tflm_worker_main() -> int:
+    """Child process: one job per stdin line (a spec file); for each model, find an arena, run
+    every sample, print the allocation record; then a done marker."""
+    import ctypes
+    import json
+
     from tflite_micro.python.tflite_micro import runtime
 
-    data = Path(model_path).read_bytes()
-    x = np.load(x_path)
-    interp = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
-    d = interp.get_input_details(0)
-    od = interp.get_output_details(0)
-    qi, qo = d["quantization_parameters"], od["quantization_parameters"]
-    scale = float(qi["scales"][0]) if len(qi["scales"]) else 0.0
-    zp = int(qi["zero_points"][0]) if len(qi["zero_points"]) else 0
-    oscale = float(qo["scales"][0]) if len(qo["scales"]) else 0.0
-    ozp = int(qo["zero_points"][0]) if len(qo["zero_points"]) else 0
-    shape = tuple(int(s) for s in d["shape"])
-    outs = []
-    for i in range(len(x)):
-        interp.set_input(_quantize(x[i : i + 1].reshape(shape), d["dtype"], scale, zp), 0)
-        interp.invoke()
-        y = np.array(interp.get_output(0))
-        outs.append(y if raw == "1" else _dequantize(y, oscale, ozp))
-    np.save(out_path, np.concatenate(outs))
+    libc = ctypes.CDLL(None)  # TFLM prints through C stdio: flush it so records stay in order
+    os.dup2(1, 2)  # ... and its records go to stderr: one stream keeps markers and records in order
+    print("@@edgekit ready", flush=True)
+    for line in sys.stdin:
+        spec = json.loads(Path(line.strip()).read_text())
+        x = np.load(spec["x"])
+        for i, model_path in enumerate(spec["models"]):
+            print(f"@@edgekit start {i}", flush=True)
+            data = Path(model_path).read_bytes()
+            arena = int(spec["arena"])
+            while True:
+                try:
+                    interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
+                    break
+                except RuntimeError as exc:
+                    if arena >= int(spec["max_arena"]):
+                        print(f"@@edgekit failed {i} {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+                        return 3
+                    arena *= 2
+            d = interp.get_input_details(0)
+            qi = d["quantization_parameters"]
+            scale = float(qi["scales"][0]) if len(qi["scales"]) else 0.0
+            zp = int(qi["zero_points"][0]) if len(qi["zero_points"]) else 0
+            shape = tuple(int(v) for v in d["shape"])
+            xs = x[: int(spec["limits"][i])] if spec["limits"][i] else x
+            q = _quantize(xs, d["dtype"], scale, zp)
+            outs = []
+            for j in range(len(xs)):
+                interp.set_input(q[j : j + 1].reshape(shape), 0)
+                interp.invoke()
+                outs.append(interp.get_output(0))
+            np.save(spec["out"] + f".{i}.npy", np.concatenate(outs))
+            print(f"@@edgekit model {i} trial_arena {arena}", flush=True)
+            interp.print_allocations()
+            libc.fflush(None)
+            print("", flush=True)
+        print("@@edgekit done", flush=True)
     return 0
 
 
-def run_tflm(model: bytes, x: np.ndarray, raw: bool = False, arena_bytes: int | None = None) -> np.ndarray:
-    """Outputs of the TFLM host interpreter (in a child process) for inputs ``x``."""
-    from edgekit.analysis.arena import _crash_error, _degenerate_op, measure_arena
+class TflmWorker:
+    """The TFLM host interpreter in a long-lived child process: isolated from the CLI (a kernel
+    abort kills only the child, which is restarted for the next job), started early so that its
+    imports overlap the caller's own work, and reused for every candidate of a search."""
 
-    arena = arena_bytes or int(measure_arena(model).trial_arena_bytes)
-    with tempfile.TemporaryDirectory(prefix="edgekit-eval-") as tmp:
-        mp, xp, op = Path(tmp) / "m.tflite", Path(tmp) / "x.npy", Path(tmp) / "y.npy"
-        mp.write_bytes(model)
-        np.save(xp, np.asarray(x, dtype=np.float32))
-        cmd = [sys.executable, "-c",
-               "import sys; from edgekit.evaluate import _tflm_child; "
-               "sys.exit(_tflm_child(*sys.argv[1:6]))",
-               str(mp), str(xp), str(op), "1" if raw else "0", str(arena)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                  timeout=EVAL_TIMEOUT.value)
-        except subprocess.TimeoutExpired:
-            raise MeasurementError(f"TFLM evaluation did not finish within {EVAL_TIMEOUT.value:.0f} s",
-                                   "raise EDGEKIT_EVAL_TIMEOUT or evaluate fewer samples") from None
-        if proc.returncode != 0:
-            raise _crash_error(proc.returncode, proc.stdout + proc.stderr, _degenerate_op(model))
-        return np.load(op)
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready = False
+
+    def start(self) -> TflmWorker:
+        if self.proc is None or self.proc.poll() is not None:
+            self.ready = False
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from edgekit.evaluate import _tflm_worker_main; "
+                 "sys.exit(_tflm_worker_main())"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return self
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> TflmWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_until(self, marker: bytes, deadline: float) -> tuple[bytes, bool]:
+        """Read the child's output up to ``marker``; (text, found). Never blocks past ``deadline``."""
+        import selectors
+        import time
+
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while marker not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.proc.kill()
+                    raise MeasurementError(
+                        f"TFLM evaluation did not finish within {EVAL_TIMEOUT.value:.0f} s",
+                        "raise EDGEKIT_EVAL_TIMEOUT or evaluate fewer samples")
+                if not sel.select(timeout=min(left, 1.0)):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return bytes(buf), False
+                buf += chunk
+        return bytes(buf), True
+
+    def run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None = None) -> list[TflmRun]:
+        """Run each model on ``x`` (model i on its first ``limits[i]`` samples; 0 = all)."""
+        import json
+        import re
+        import time
+
+        from edgekit.analysis.arena import _crash_error, _degenerate_op
+        from edgekit.analysis.graph import read_graph
+
+        self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        deadline = time.monotonic() + EVAL_TIMEOUT.value
+        start = 64 * 1024
+        for m in models:
+            start = max(start, 2 * read_graph(m).peak_activation_bytes() + 16 * 1024)
+        with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as tmp:
+            paths = []
+            for i, m in enumerate(models):
+                paths.append(str(Path(tmp) / f"m{i}.tflite"))
+                Path(paths[-1]).write_bytes(m)
+            np.save(Path(tmp) / "x.npy", np.asarray(x, dtype=np.float32))
+            spec = {"models": paths, "x": str(Path(tmp) / "x.npy"), "out": str(Path(tmp) / "y"),
+                    "arena": start, "max_arena": int(options.ARENA_MAX_BYTES.value),
+                    "limits": limits or [0] * len(models)}
+            (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+            if not self.ready:
+                _, self.ready = self._read_until(b"@@edgekit ready", deadline)
+            try:
+                self.proc.stdin.write(f"{Path(tmp) / 'spec.json'}\n".encode())
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+            raw_out, ok = self._read_until(b"@@edgekit done", deadline)
+            text = raw_out.decode(errors="replace")
+            if not ok:
+                code = self.proc.wait()
+                self.proc, self.ready = None, False
+                started = re.findall(r"@@edgekit start (\d+)", text)
+                bad = models[int(started[-1])] if started else models[0]
+                failed = re.search(r"@@edgekit failed \d+ (.*)", text)
+                if failed:
+                    raise MeasurementError(f"the model does not allocate in TFLM: {failed.group(1)}",
+                                           "raise EDGEKIT_ARENA_MAX_BYTES if it really needs more")
+                raise _crash_error(code, text, _degenerate_op(bad))
+            runs = []
+            sections = re.split(r"@@edgekit model \d+ ", text)[1:]
+            for i, (m, sect) in enumerate(zip(models, sections, strict=True)):
+                trial = int(re.search(r"trial_arena (\d+)", sect).group(1))  # type: ignore[union-attr]
+                total = re.search(r"Arena allocation total (\d+) bytes", sect)
+                if total is None:
+                    raise MeasurementError("the TFLM interpreter printed no allocation record",
+                                           "rerun with --debug and report it")
+                raw = np.load(Path(tmp) / f"y.{i}.npy")
+                out_t = read_graph(m).output_tensors()[0]
+                oscale = out_t.scale[0] if out_t.scale else 0.0
+                ozp = out_t.zero_point[0] if out_t.zero_point else 0
+                runs.append(TflmRun(raw=raw, outputs=_dequantize(raw, oscale, ozp),
+                                    arena_bytes=int(total.group(1)), trial_arena_bytes=trial))
+            return runs
+
+
+def tflm_session(models: list[bytes], x: np.ndarray, worker: TflmWorker | None = None,
+                 limits: list[int] | None = None) -> list[TflmRun]:
+    """Run every model on ``x`` with TFLM in an isolated child (``worker``'s, or a new one)."""
+    if worker is not None:
+        return worker.run(models, x, limits)
+    with TflmWorker() as w:
+        return w.run(models, x, limits)
+
+
+def run_tflm(model: bytes, x: np.ndarray, raw: bool = False) -> np.ndarray:
+    """Outputs of the TFLM host interpreter (in a child process) for inputs ``x``."""
+    run = tflm_session([model], x)[0]
+    return run.raw if raw else run.outputs
 
 
 # ----------------------------------------------------------------- metrics

@@ -10,6 +10,7 @@ are cached by content hash, so a re-run with the same inputs does no work twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ from edgekit import intake, options
 from edgekit.analysis import compat
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import DataError, EdgekitError, OutputExistsError, StageError
-from edgekit.evaluate import Metric, get_metric, run_litert, run_tflm
+from edgekit.evaluate import Metric, get_metric, run_litert
 from edgekit.profiles import TargetProfile, load_profile
 
 GOALS = ("size", "latency", "ram")
@@ -181,6 +182,16 @@ def _array_hash(*arrays: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """Hash of edgekit's own source: a changed edgekit never reuses an old candidate."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     root = os.environ.get("EDGEKIT_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "edgekit" / "fit"
@@ -271,6 +282,7 @@ def fit(
     force: bool = False,
     use_cache: bool = True,
     quiet: bool = False,
+    only: list[str] | None = None,
 ) -> FitResult:
     t_start = time.perf_counter()
     if not np.isfinite(max_drop) or max_drop < 0:
@@ -280,6 +292,13 @@ def fit(
     if goal not in GOALS:
         raise DataError(f"--optimize {goal!r} is invalid (must be one of {', '.join(GOALS)})")
     rungs = ladder(profile, level)
+    if only:
+        known = [r.name for r in rungs]
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise DataError(f"--candidates {','.join(unknown)} is not on the {profile.name} ladder",
+                            "choose from " + ", ".join(known))
+        rungs = [r for r in rungs if r.name in only]
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _reserve_output(out, force)
@@ -301,13 +320,32 @@ def fit(
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
          max_drop: float, met: Metric, goal: str, out: Path | None, use_cache: bool, quiet: bool,
          t_start: float) -> FitResult:
+
+    from edgekit.evaluate import TflmWorker
+
+    worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
+    try:
+        return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, met, goal, out, use_cache, quiet,
+                          t_start, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
+               calib_path: str | None, max_drop: float, met: Metric, goal: str, out: Path | None, use_cache: bool,
+               quiet: bool, t_start: float, worker: Any) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
     shape = quantize.input_shape(art)
     ev = data_mod.load(eval_path, shape)
-    float_tfl = quantize.convert(art, "float32")
-    out_shape = read_graph(float_tfl).output_tensors()[0].shape
+    if art.keras_model is not None:
+        float_tfl: bytes | None = None  # converted only if a rung needs it
+        out_shape = (1, *(int(d or 1) for d in art.keras_model.outputs[0].shape[1:]))
+    else:
+        float_tfl = quantize.convert(art, "float32")
+        out_shape = read_graph(float_tfl).output_tensors()[0].shape
     check_labels(ev.y, out_shape, met, ev.source)
     assert ev.y is not None
     if calib_path:
@@ -318,12 +356,19 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
         cal = data_mod.Dataset(ev.x[:n], None, f"first {n} eval samples")
         calib_label = f"first {n} samples of the eval data (no --calib given)"
         notes.append("calibrated on eval samples: pass --calib with separate data for an unbiased figure")
-    baseline = met(ev.y, run_litert(float_tfl, ev.x))
+    if art.keras_model is not None:
+        baseline = met(ev.y, _keras_outputs(art.keras_model, ev.x))
+        baseline_on = "the source Keras model (float32, TensorFlow)"
+    else:
+        assert float_tfl is not None
+        baseline = met(ev.y, run_litert(float_tfl, ev.x))
+        baseline_on = "the float32 .tflite (LiteRT)"
+    notes.append(f"baseline measured on {baseline_on}")
     key_base = {
         "v": CACHE_VERSION, "model": content_hash(art.source), "target": json.dumps(dict(profile.values),
                                                                                      sort_keys=True, default=str),
         "calib": _array_hash(cal.x), "eval": _array_hash(ev.x, ev.y), "metric": met.name,
-        "seed": options.SEED.value,
+        "seed": options.SEED.value, "code": code_hash(),
     }
     progress = _Progress(len(rungs), profile.name, quiet)
     candidates: list[Candidate] = []
@@ -347,7 +392,7 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
                             coreml_base = coreml.convert(art, profile, Path(work.name) / "base.mlpackage")
                         path = _build_coreml(art, profile, rung, coreml_base, Path(work.name), cand, ev, met)
                     else:
-                        path = _build_tflite(art, profile, rung, cal, ev, met, Path(work.name), cand, float_tfl)
+                        path = _build_tflite(art, profile, rung, cal, ev, met, Path(work.name), cand, worker)
                     cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
                     cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
                 except EdgekitError as exc:
@@ -386,6 +431,11 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
         return result
     finally:
         work.cleanup()
+
+
+def _keras_outputs(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Float outputs of a Keras model, called directly in batches (no predict() tracing)."""
+    return np.concatenate([np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
 def _coreml_predicts() -> bool:
@@ -433,23 +483,24 @@ def _host_latency_ms(model: bytes, x: np.ndarray, threads: int, runs: int = 30) 
 
 
 def _build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal: data_mod.Dataset,
-                  ev: data_mod.Dataset, met: Metric, work: Path, cand: Candidate, float_tfl: bytes) -> Path:
+                  ev: data_mod.Dataset, met: Metric, work: Path, cand: Candidate, worker: Any = None) -> Path:
     from edgekit.stages import quantize
 
     assert ev.y is not None
-    tfl = float_tfl if rung.mode == "float32" else quantize.convert(art, rung.mode, cal, profile.io_dtype)
+    tfl = quantize.convert(art, rung.mode, cal, profile.io_dtype)
     if profile.is_tflm:
-        from edgekit.analysis.arena import measure_arena
+        from edgekit.evaluate import tflm_session
         from edgekit.stages.strip import strip_verified
 
         graph = read_graph(tfl)
         if not compat.unsupported_ops(graph, profile):
             if profile.strip_metadata:
-                tfl, cand.stripped = strip_verified(tfl, ev.x[: min(len(ev), 32)])
+                tfl, cand.stripped, run = strip_verified(tfl, ev.x, worker)
+            else:
+                run = tflm_session([tfl], ev.x, worker)[0]
             graph = read_graph(tfl)
-            arena = measure_arena(tfl, graph.peak_activation_bytes())
-            cand.ram_bytes, cand.ram_kind = arena.total_bytes, "tflm-arena"
-            cand.metric = met(ev.y, run_tflm(tfl, ev.x, arena_bytes=arena.trial_arena_bytes))
+            cand.ram_bytes, cand.ram_kind = run.arena_bytes, "tflm-arena"
+            cand.metric = met(ev.y, run.outputs)
             cand.evaluated_on = "TFLM host interpreter (reference kernels)"
         else:
             cand.ram_bytes, cand.ram_kind = graph.peak_activation_bytes(), "peak-activation"
@@ -491,7 +542,7 @@ def _build_coreml(art: intake.Artifact, profile: TargetProfile, rung: Rung, base
         cand.evaluated_on = "Core ML (.mlpackage) on this Mac"
     elif art.keras_model is not None:
         with coreml.emulate_on_keras(art.keras_model, rung.mode, rung.value) as m:
-            pred = np.asarray(m.predict(ev.x, verbose=0, batch_size=256))
+            pred = _keras_outputs(m, ev.x)
         if profile.compute_precision == "fp16":
             pred = pred.astype(np.float16).astype(np.float32)
         cand.metric = met(ev.y, pred)
@@ -605,7 +656,7 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: Path, prof
             else:
                 shutil.copyfile(src, dst)
             result.artifact_path = out / dst.name
-        has_plot = render_plot(result, tmp / "candidates.png")
+        has_plot = render_plot(result, tmp / "candidates.svg")
         (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
         (tmp / "report.md").write_text(render_markdown(result, profile, has_plot))
         _publish(tmp, out)

@@ -85,36 +85,54 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
     else:
         md.append(f"**Nothing fits.** Closest: {r.closest.name if r.closest else 'none'}.")
     if has_plot:
-        md += ["", "![flash vs accuracy](candidates.png)"]
+        md += ["", "![flash vs accuracy](candidates.svg)"]
     if r.notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     md.append("")
     return "\n".join(md)
 
 
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
 def render_plot(r: FitResult, path: Path) -> bool:
+    """Flash vs metric of every evaluated candidate, as an SVG rendered from a template."""
+    import html
+
+    import jinja2
+
     points = [c for c in r.candidates if c.metric is not None and c.flash_bytes]
     if not points:
         return False
-    import matplotlib
+    width, height, left, right, top, bottom = 640, 400, 70, 610, 30, 350
+    xs = [c.flash_bytes / 1024 for c in points]
+    ys = [float(c.metric) for c in points if c.metric is not None] + [r.baseline]
+    x0, x1 = 0.0, max(xs) * 1.1
+    pad = max((max(ys) - min(ys)) * 0.15, abs(max(ys)) * 0.01, 1e-6)
+    y0, y1 = min(ys) - pad, max(ys) + pad
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * (right - left)
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for c in points:
-        assert c.metric is not None
-        color = "tab:green" if r.winner and c.name == r.winner.name else (
-            "tab:blue" if c.eligible else "tab:red")
-        ax.scatter(c.flash_bytes / 1024, c.metric, color=color)
-        ax.annotate(c.name, (c.flash_bytes / 1024, c.metric), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.axhline(r.baseline, color="gray", linestyle="--", linewidth=0.8, label="float baseline")
-    ax.set_xlabel("flash (KiB)")
-    ax.set_ylabel(r.metric)
-    ax.set_title(f"{Path(r.model).name} → {r.target}")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    def sy(v: float) -> float:
+        return bottom - (v - y0) / (y1 - y0) * (bottom - top)
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             undefined=jinja2.StrictUndefined, autoescape=True)
+    svg = env.get_template("candidates.svg.j2").render(
+        width=width, height=height, left=left, right=right, top=top, bottom=bottom,
+        title=f"{Path(r.model).name} -> {r.target}", xlabel="flash (KiB)", ylabel=r.metric,
+        xticks=[{"pos": round(sx(v), 1), "label": f"{v:.0f}"} for v in _ticks(x0, x1)],
+        yticks=[{"pos": round(sy(v), 1), "label": f"{v:.3g}"} for v in _ticks(y0, y1)],
+        baseline_y=round(sy(r.baseline), 1),
+        points=[{"x": round(sx(c.flash_bytes / 1024), 1), "y": round(sy(float(c.metric or 0)), 1),
+                 "name": html.unescape(c.name),
+                 "detail": f"{c.flash_bytes:,} B, {r.metric} {c.metric:.4g}",
+                 "color": "#2a9d2a" if r.winner and c.name == r.winner.name else (
+                     "#1f77b4" if c.eligible else "#d62728")} for c in points],
+    )
+    path.write_text(svg)
     return True

@@ -10,14 +10,18 @@ interpreter and compares the outputs bit for bit.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.analysis.schema import schema_fb
 from edgekit.errors import EdgekitError, StageError
 
+if TYPE_CHECKING:
+    from edgekit.evaluate import TflmRun, TflmWorker
+
 BUFFER_ALIGNMENT = 16
+VERIFY_SAMPLES = 128  # inputs on which the stripped and original models must agree bit for bit
 
 
 class _AlignedBuffer:
@@ -96,24 +100,32 @@ def buffer_alignments(data: bytes) -> list[int]:
     return offsets
 
 
-def strip_verified(data: bytes, x: np.ndarray) -> tuple[bytes, str]:
-    """The smallest stripped form whose TFLM outputs equal the original's bit for bit."""
-    for bias_q, label in ((False, "names, metadata, signatures, bias quantization"),
-                          (True, "names, metadata, signatures")):
-        candidate = strip_for_micro(data, bias_quantization=bias_q)
+def strip_verified(data: bytes, x: np.ndarray, worker: TflmWorker | None = None) -> tuple[bytes, str, TflmRun]:
+    """The smallest stripped form whose TFLM outputs on ``x`` equal the original's bit for bit.
+
+    The stripped form runs on every sample and the original on the first VERIFY_SAMPLES, in one
+    TFLM child; the returned run (outputs, arena) is the chosen form's own.
+    """
+    from edgekit.evaluate import tflm_session
+
+    forms = [(strip_for_micro(data, bias_quantization=False), "names, metadata, signatures, bias quantization"),
+             (strip_for_micro(data, bias_quantization=True), "names, metadata, signatures")]
+    for form, label in forms:  # smallest first: the original and one form per TFLM child process
         try:
-            verify_bit_exact(data, candidate, x)
+            # the original on the first VERIFY_SAMPLES inputs, the stripped form on all of them
+            original, stripped = tflm_session([data, form], x, worker, limits=[VERIFY_SAMPLES, 0])
         except EdgekitError:
             continue
-        return candidate, label
-    return data, "nothing (stripped forms were not bit-exact)"
+        head = stripped.raw[: len(original.raw)]
+        if head.dtype == original.raw.dtype and np.array_equal(head, original.raw):
+            return form, label, stripped
+    return data, "nothing (no stripped form ran bit-exact on TFLM)", tflm_session([data], x, worker)[0]
 
 
 def verify_bit_exact(original: bytes, stripped: bytes, x: np.ndarray) -> None:
     """Run both models on TFLM for inputs ``x``; raise StageError if any output bit differs."""
-    from edgekit.evaluate import run_tflm
+    from edgekit.evaluate import tflm_session
 
-    a = run_tflm(original, x, raw=True)
-    b = run_tflm(stripped, x, raw=True)
-    if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b):
-        raise StageError("the stripped model's TFLM outputs differ from the original's; not stripping")
+    a, b = tflm_session([original, stripped], x)
+    if a.raw.dtype != b.raw.dtype or not np.array_equal(a.raw, b.raw):
+        raise StageError("the stripped model's TFLM outputs differ from the original's")

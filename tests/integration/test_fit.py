@@ -67,7 +67,10 @@ def test_fit_cortex_m4_int8_stripped_and_measured(digits: dict[str, Path], tmp_p
     z = np.load(digits["eval"])
     assert get_metric("top1")(z["y"], run_tflm(model.read_bytes(), z["x"])) == pytest.approx(winner["metric"])
     assert (out / "report.md").read_text().count("| int8 |") == 1
-    assert (out / "candidates.png").stat().st_size > 1000
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring((out / "candidates.svg").read_text())
+    assert len(svg.findall(".//{http://www.w3.org/2000/svg}circle")) == 3
     assert "WINNER" in proc.stdout
 
 
