@@ -21,7 +21,7 @@ def test_image_folder_is_resized_scaled_and_channel_matched(tmp_path: Path) -> N
     assert rgb.x.shape == (3, 8, 8, 3) and rgb.x.dtype == np.float32
     assert rgb.x[0, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0])
     gray = data.load(tmp_path, (1, 8, 8, 1))
-    assert gray.x.shape == (3, 8, 8, 1) and 0.0 <= gray.x.min() and gray.x.max() <= 1.0
+    assert gray.x.shape == (3, 8, 8, 1) and gray.x.min() >= 0.0 and gray.x.max() <= 1.0
 
 
 def test_npz_and_npy(tmp_path: Path) -> None:
