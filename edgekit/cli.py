@@ -61,6 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
     f.add_argument("--json", action="store_true", help="print report.json instead of the table")
 
+    c = sub.add_parser("codegen", help="C array, model settings and op resolver for a TFLM target")
+    c.add_argument("model", help="the deployable .tflite (e.g. from edgekit fit)")
+    c.add_argument("--target", "-t", required=True, help="TFLM profile name or .toml path")
+    c.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    c.add_argument("--name", help="C identifier stem (default: the file name, sanitized)")
+    c.add_argument("--section", help="place the model array in this linker section, e.g. .model_data")
+    c.add_argument("--labels", help="class labels, one per line, in output order")
+    c.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
+    c.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+    k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
+    k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
+    k.add_argument("--target", "-t", required=True, help="profile name or .toml path")
+    k.add_argument("--calib", help="calibration data for a float model")
+    k.add_argument("--json", action="store_true", help="print one JSON object")
+
     d = sub.add_parser("demo", help="the embedded default: a digits CNN fitted to cortex-m4, a phone and an iPhone")
     d.add_argument("--target", "-t", action="append",
                    help="target profile (repeatable; default cortex-m4, android-arm64-cpu, ios-ane)")
@@ -154,13 +170,42 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK if result.fits else EXIT_OVER
 
 
+def _cmd_codegen(args: argparse.Namespace) -> int:
+    from edgekit.codegen.generate import codegen
+
+    r = codegen(args.model, args.target, args.output, name=args.name, section=args.section, labels=args.labels,
+                allow_over_budget=args.allow_over_budget, force=args.force)
+    print(f"wrote {r.out_dir}/: {', '.join(r.files)}")
+    print(f"  {r.size:,} B model array, {len(r.ops)} ops ({', '.join(r.ops)}), arena {r.arena_bytes:,} B "
+          f"(measured {r.arena_measured:,} B on the host TFLM + margin)")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from edgekit.analyze import analyze
+
+    report = analyze(args.model, args.target, calib=args.calib)
+    if args.json:
+        d = report.to_dict()
+        d.pop("layers", None)
+        print(json.dumps(d, indent=2))
+    else:
+        over = [f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
+                for b in report.budgets if not b.fits]
+        status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
+        print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, "
+              f"ram {report.ram_bytes:,} B {report.ram_kind})")
+    return EXIT_OK if report.fits else EXIT_OVER
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edgekit.demo import DEMO_TARGETS, run_demo
 
     return run_demo(tuple(args.target or DEMO_TARGETS), out_dir=args.output, force=args.force, as_json=args.json)
 
 
-COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "demo": _cmd_demo}
+COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "codegen": _cmd_codegen,
+            "check": _cmd_check, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

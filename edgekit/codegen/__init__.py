@@ -1,0 +1,1 @@
+"""Code generation: C arrays, model settings and op resolver headers, firmware scaffolds."""

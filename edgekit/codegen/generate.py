@@ -1,0 +1,172 @@
+"""`codegen`: model_data.h/.cc, model_settings.h and op_resolver.h for a TFLM target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from edgekit import options
+from edgekit.analysis import compat
+from edgekit.analysis.graph import Graph, Tensor, read_graph
+from edgekit.codegen import render
+from edgekit.codegen.c_array import c_identifier, c_string, format_bytes
+from edgekit.errors import GenerationError, ModelError
+from edgekit.profiles import TargetProfile, load_profile
+
+_TFLITE_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "int32": "int32", "float32": "float32",
+                 "float16": "float16", "bool": "bool", "int64": "int64"}
+_SECTION = re.compile(r"^[A-Za-z0-9_.$]{1,64}$")
+
+
+@lru_cache(maxsize=1)
+def resolver_methods() -> dict[str, str]:
+    path = Path(__file__).with_name("tflm_resolver_methods.json")
+    return dict(json.loads(path.read_text())["methods"])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgekit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class CodegenResult:
+    out_dir: Path
+    files: list[str]
+    name: str
+    arena_bytes: int
+    arena_measured: int
+    ops: list[str]
+    size: int
+
+
+def arena_constant(measured: int) -> int:
+    """The arena size the firmware reserves: measured plus the documented margin, rounded to 16."""
+    return int(math.ceil(measured * (1 + options.ARENA_MARGIN.value) / 16.0) * 16)
+
+
+def _tensor_info(t: Tensor) -> dict[str, Any]:
+    return {"dims": list(t.shape) or [1], "dtype": _TFLITE_TYPES.get(t.dtype, t.dtype), "bytes": t.nbytes,
+            "scale": repr(float(t.scale[0])) + "f" if t.scale else "0.0f",
+            "zero_point": int(t.zero_point[0]) if t.zero_point else 0}
+
+
+def read_labels(path: str | None, graph: Graph) -> list[str]:
+    if not path:
+        return []
+    p = Path(path)
+    try:
+        lines = [ln.rstrip("\r\n") for ln in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenerationError(f"cannot read labels file {p}: {exc}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    classes = graph.output_tensors()[0].elements
+    if len(lines) != classes:
+        raise GenerationError(f"labels file {p} has {len(lines)} lines but the model has {classes} outputs",
+                              "one label per line, in class order")
+    return lines
+
+
+def codegen_context(model: bytes, graph: Graph, profile: TargetProfile, name: str, source_name: str,
+                    section: str | None, labels: list[str], arena_measured: int) -> dict[str, Any]:
+    methods = resolver_methods()
+    missing = [op for op in graph.ops if op not in methods]
+    if missing:
+        raise GenerationError(f"TFLM has no resolver method for {', '.join(missing)}",
+                              "these operators cannot run on a TFLM target")
+    ident = c_identifier(name)
+    return {
+        "edgekit_version": _version(),
+        "source_name": c_comment(source_name),
+        "target": profile.name,
+        "name": ident,
+        "guard": ident.upper(),
+        "array": f"g_{ident}_model_data",
+        "array_body": format_bytes(model),
+        "size": len(model),
+        "sha256": hashlib.sha256(model).hexdigest(),
+        "section": section,
+        "inputs": [_tensor_info(t) for t in graph.input_tensors()],
+        "outputs": [_tensor_info(t) for t in graph.output_tensors()],
+        "labels": [c_string(label) for label in labels],
+        "arena_measured": arena_measured,
+        "arena_bytes": arena_constant(arena_measured),
+        "arena_margin_pct": round(options.ARENA_MARGIN.value * 100),
+        "ops": [{"name": op, "method": methods[op]} for op in graph.ops],
+    }
+
+
+def c_comment(text: str) -> str:
+    """Text safe inside a // comment (no newlines, no trigraphs, no line splices)."""
+    return re.sub(r"[^0-9A-Za-z_.\-+ ()]", "_", text)[:120]
+
+
+def check_section(section: str | None) -> None:
+    if section is not None and not _SECTION.match(section):
+        raise GenerationError(f"--section {section!r} is not a valid section name",
+                              "letters, digits, '_', '.' and '$' only, e.g. .model_data")
+
+
+def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, allow_over_budget: bool
+            ) -> tuple[bytes, Graph, TargetProfile, int]:
+    """Read, check against the target, and measure: (model bytes, graph, profile, measured arena)."""
+    from edgekit.analysis.arena import measure_arena
+
+    p = Path(model_path)
+    if p.suffix.lower() != ".tflite":
+        raise ModelError(f"codegen takes a .tflite file, not {p.name}",
+                         "convert it first: edgekit fit MODEL --target TARGET -o out/")
+    if not p.is_file():
+        raise ModelError(f"model file {p} does not exist", "check the path")
+    profile = target if isinstance(target, TargetProfile) else load_profile(target)
+    if not profile.is_tflm:
+        raise GenerationError(f"codegen writes TFLM sources; target {profile.name} runs {profile.runtime}",
+                              "use `edgekit scaffold --build android|ios` for phones")
+    data = p.read_bytes()
+    graph = read_graph(data, where=str(p))
+    unsupported = compat.unsupported_ops(graph, profile)
+    if unsupported:
+        raise GenerationError(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
+                              "replace them in the model, or pick a runtime that has them")
+    arena = measure_arena(data, graph.peak_activation_bytes()).total_bytes
+    over = []
+    if len(data) > profile.flash_bytes:
+        over.append(f"flash {len(data):,} B > {profile.flash_bytes:,} B by {len(data) - profile.flash_bytes:,} B")
+    if arena_constant(arena) > profile.ram_bytes:
+        over.append(f"arena {arena_constant(arena):,} B (measured {arena:,} B + margin) > {profile.ram_bytes:,} B "
+                    f"by {arena_constant(arena) - profile.ram_bytes:,} B")
+    bad_types = compat.constraint_dtypes(graph, profile)
+    if bad_types:
+        over.append(f"data types {', '.join(bad_types)} not accepted by {profile.name}")
+    if over and not allow_over_budget:
+        raise GenerationError(f"{p.name} does not fit {profile.name}: " + "; ".join(over),
+                              "pass --allow-over-budget to generate anyway")
+    return data, graph, profile, arena
+
+
+def codegen(model: str | os.PathLike[str], target: str | TargetProfile, out_dir: str | os.PathLike[str],
+            name: str | None = None, section: str | None = None, labels: str | None = None,
+            allow_over_budget: bool = False, force: bool = False) -> CodegenResult:
+    check_section(section)
+    out = Path(out_dir)
+    render.check_output(out, force)
+    data, graph, profile, arena = prepare(model, target, allow_over_budget)
+    label_list = read_labels(labels, graph)
+    ctx = codegen_context(data, graph, profile, name or Path(model).stem, Path(model).name, section,
+                          label_list, arena)
+    files = render.render_kind("codegen", ctx)
+    render.write_tree(out, files, force)
+    return CodegenResult(out_dir=out, files=sorted(files), name=ctx["name"], arena_bytes=ctx["arena_bytes"],
+                         arena_measured=arena, ops=graph.ops, size=len(data))
