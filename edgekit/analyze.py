@@ -122,6 +122,8 @@ def analyze(model: str | os.PathLike[str], target: str | TargetProfile,
             calib: str | None = None) -> AnalysisReport:
     """Analyze ``model`` against ``target`` (a profile name, path, or TargetProfile)."""
     profile = target if isinstance(target, TargetProfile) else load_profile(target)
+    if Path(model).suffix == ".mlpackage" and Path(model).is_dir():
+        return _analyze_mlpackage(Path(model), profile)
     art = intake.load(model)
     notes: list[str] = list(art.notes)
     try:
@@ -173,6 +175,22 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         flash_bytes=len(tfl), ram_bytes=ram, ram_kind=ram_kind, graph=graph, budgets=budgets,
         unsupported_ops=unsupported, findings=findings, calibration=calib_label, arena=arena_info,
         notes=notes, deployable=tfl,
+    )
+
+
+def _analyze_mlpackage(pkg: Path, profile: TargetProfile) -> AnalysisReport:
+    """A compiled-for-deployment .mlpackage: only its size can be checked without Core ML."""
+    from edgekit.stages import coreml
+
+    if profile.runtime != "coreml":
+        raise EdgekitError(f"{pkg.name} is a Core ML package; target {profile.name} runs {profile.runtime}")
+    flash = coreml.package_bytes(pkg)
+    graph = Graph(size_bytes=flash, tensors=[], layers=[], inputs=[], outputs=[], subgraphs=1)
+    return AnalysisReport(
+        model=str(pkg), target=profile.name, runtime=profile.runtime, artifact_kind="mlpackage (as given)",
+        flash_bytes=flash, ram_bytes=0, ram_kind="not measured", graph=graph,
+        budgets=[Budget("flash", profile.flash_bytes, flash, "bytes", "mlpackage")], unsupported_ops=[],
+        findings=[], calibration="none", notes=["an .mlpackage is checked for size only (no graph analysis)"],
     )
 
 

@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
 
+    sc = sub.add_parser("scaffold", help="a complete firmware or app project around MODEL")
+    sc.add_argument("model", help=".tflite (cmake, arduino, zephyr, android) or .mlpackage (ios)")
+    sc.add_argument("--target", "-t", required=True, help="profile name or .toml path")
+    sc.add_argument("--build", "-b", required=True, choices=["cmake", "arduino", "zephyr", "android", "ios"],
+                    help="project kind")
+    sc.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    sc.add_argument("--name", help="C identifier stem (default: the file name, sanitized)")
+    sc.add_argument("--labels", help="class labels, one per line, in output order")
+    sc.add_argument("--section", help="linker section for the model array")
+    sc.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
+    sc.add_argument("--force", action="store_true", help="replace an existing output directory")
+
     k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
     k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
     k.add_argument("--target", "-t", required=True, help="profile name or .toml path")
@@ -181,6 +193,15 @@ def _cmd_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_scaffold(args: argparse.Namespace) -> int:
+    from edgekit.codegen.scaffold import scaffold
+
+    r = scaffold(args.model, args.target, args.build, args.output, name=args.name, labels=args.labels,
+                 section=args.section, allow_over_budget=args.allow_over_budget, force=args.force)
+    print(f"wrote {r.out_dir}/ ({r.build}, {len(r.files)} files; see edgekit-project.json)")
+    return EXIT_OK
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from edgekit.analyze import analyze
 
@@ -205,7 +226,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "codegen": _cmd_codegen,
-            "check": _cmd_check, "demo": _cmd_demo}
+            "scaffold": _cmd_scaffold, "check": _cmd_check, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
