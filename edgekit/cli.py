@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from edgekit.errors import EdgekitError
 
@@ -82,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--section", help="linker section for the model array")
     sc.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     sc.add_argument("--force", action="store_true", help="replace an existing output directory")
+
+    be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
+    be.add_argument("model", help="the deployed .tflite the firmware was generated from")
+    be.add_argument("--target", "-t", required=True, help="profile name or .toml path")
+    where = be.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port or pyserial URL (/dev/ttyACM0, socket://host:port, rfc2217://...)")
+    where.add_argument("--qemu", metavar="BUILD_DIR", help="run the qemu scaffold's firmware.elf under qemu-system-arm")
+    be.add_argument("--baud", type=int, help="baud rate (default: the profile's)")
+    be.add_argument("--runs", type=int, default=50, help="timed inferences (default 50)")
+    be.add_argument("--warmup", type=int, default=5, help="warm-up inferences (default 5)")
+    be.add_argument("--input", help="input sample (.npy/.npz; default: a seeded random input)")
+    be.add_argument("-o", "--output", help="write bench.json and latency.svg here")
+    be.add_argument("--force", action="store_true", help="replace an existing output directory")
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ds = sub.add_parser("device-sim", help="a device emulator on a pseudo-terminal (prints its path)")
+    ds.add_argument("model", help="the .tflite the emulated device runs (on the TFLM host interpreter)")
+    ds.add_argument("--no-extensions", action="store_true", help="behave as a plain MLPerf Tiny device")
+    ds.add_argument("--reset-after", type=int, default=0, help="reboot every N commands (fault injection)")
+    ds.add_argument("--garbage", action="store_true", help="emit noise and split lines (fault injection)")
+    ds.add_argument("--silent", action="store_true", help="never answer (fault injection)")
+    ds.add_argument("--wrong-hash", action="store_true", help="report another model's hash (fault injection)")
+    ds.add_argument("--corrupt-output", action="store_true", help="flip an output bit (fault injection)")
+    ds.add_argument("--stop-after", type=float, help="exit after this many seconds")
 
     k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
     k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
@@ -202,6 +226,48 @@ def _cmd_scaffold(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgekit.bench.runner import bench, mismatch, render_text, write_report
+    from edgekit.profiles import load_profile
+
+    profile = load_profile(args.target)
+    if args.output:
+        from edgekit.codegen.render import check_output
+
+        check_output(Path(args.output), args.force)
+    transport: Any
+    if args.qemu:
+        from edgekit.transports.qemu import QemuTransport
+
+        transport = QemuTransport(Path(args.qemu))
+        kind = "virtual time (QEMU -icount shift=0: instruction-proportional, not board ms)"
+    else:
+        from edgekit.transports.serial_port import SerialTransport
+
+        transport = SerialTransport(args.port, args.baud or profile.baud)
+        kind = "device"
+    result = bench(args.model, profile, transport, runs=args.runs, warmup=args.warmup, input_path=args.input,
+                   time_kind=kind)
+    if args.output:
+        write_report(result, Path(args.output), args.force)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else render_text(result))
+    if mismatch(result):
+        print(f"edgekit: error: device output differs from the TFLM host interpreter: {result.checks['output']}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OVER if result.within_budget is False else EXIT_OK
+
+
+def _cmd_device_sim(args: argparse.Namespace) -> int:
+    from edgekit.transports.pty_device import SimOptions, run_device_sim
+
+    opts = SimOptions(no_extensions=args.no_extensions, reset_after=args.reset_after, garbage=args.garbage,
+                      silent=args.silent, wrong_hash=args.wrong_hash, corrupt_output=args.corrupt_output)
+    return run_device_sim(args.model, opts, args.stop_after)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from edgekit.analyze import analyze
 
@@ -226,7 +292,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "codegen": _cmd_codegen,
-            "scaffold": _cmd_scaffold, "check": _cmd_check, "demo": _cmd_demo}
+            "scaffold": _cmd_scaffold, "check": _cmd_check, "bench": _cmd_bench, "device-sim": _cmd_device_sim,
+            "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

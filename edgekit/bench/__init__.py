@@ -1,0 +1,1 @@
+"""On-device benchmarking: the serial protocol client, the runner, statistics."""
