@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     where = be.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port or pyserial URL (/dev/ttyACM0, socket://host:port, rfc2217://...)")
     where.add_argument("--qemu", metavar="BUILD_DIR", help="run the qemu scaffold's firmware.elf under qemu-system-arm")
+    where.add_argument("--adb", action="store_true", help="an Android phone over adb, with TFLite's benchmark_model")
+    be.add_argument("--serial", help="adb device serial (needed when several are attached)")
+    be.add_argument("--benchmark-binary", help="TFLite benchmark_model built for the phone (with --adb)")
+    be.add_argument("--big-cores", action="store_true", help="pin benchmark_model to the big cores (taskset f0)")
     be.add_argument("--baud", type=int, help="baud rate (default: the profile's)")
     be.add_argument("--runs", type=int, default=50, help="timed inferences (default 50)")
     be.add_argument("--warmup", type=int, default=5, help="warm-up inferences (default 5)")
@@ -233,6 +237,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgekit.profiles import load_profile
 
     profile = load_profile(args.target)
+    if args.adb:
+        return _bench_adb(args, profile)
     if args.output:
         from edgekit.codegen.render import check_output
 
@@ -258,6 +264,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OVER if result.within_budget is False else EXIT_OK
+
+
+def _bench_adb(args: argparse.Namespace, profile: Any) -> int:
+    from edgekit.bench.adb_bench import bench_adb, render_text
+    from edgekit.errors import DataError
+
+    if not args.benchmark_binary:
+        raise DataError("--adb needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
+    r = bench_adb(args.model, profile, args.benchmark_binary, serial=args.serial, runs=args.runs,
+                  warmup=args.warmup, big_cores=args.big_cores)
+    print(json.dumps(r.to_dict(), indent=2) if args.json else render_text(r))
+    return EXIT_OVER if r.within_budget is False else EXIT_OK
 
 
 def _cmd_device_sim(args: argparse.Namespace) -> int:
