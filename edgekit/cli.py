@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--force", action="store_true", help="replace an existing output directory")
 
     be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
-    be.add_argument("model", help="the deployed .tflite the firmware was generated from")
-    be.add_argument("--target", "-t", required=True, help="profile name or .toml path")
+    be.add_argument("model", help="the deployed .tflite, or a scaffolded project directory (edgekit-project.json)")
+    be.add_argument("--target", "-t", help="profile name or .toml path (default: the project's)")
     where = be.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port or pyserial URL (/dev/ttyACM0, socket://host:port, rfc2217://...)")
     where.add_argument("--qemu", metavar="BUILD_DIR", help="run the qemu scaffold's firmware.elf under qemu-system-arm")
@@ -236,7 +236,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgekit.bench.runner import bench, mismatch, render_text, write_report
     from edgekit.profiles import load_profile
 
-    profile = load_profile(args.target)
+    model = Path(args.model)
+    target = args.target
+    if model.is_dir() and (model / "edgekit-project.json").is_file():
+        manifest = json.loads((model / "edgekit-project.json").read_text())
+        target = target or manifest["target"]
+        model = model / "edgekit" / "model.tflite"
+        args.model = str(model)
+    if not target:
+        from edgekit.errors import DataError
+
+        raise DataError("--target is required unless MODEL is a scaffolded project directory")
+    profile = load_profile(target)
     if args.adb:
         return _bench_adb(args, profile)
     if args.output:

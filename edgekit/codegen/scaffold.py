@@ -116,6 +116,7 @@ def _mcu_files(model: str | os.PathLike[str], profile: TargetProfile, build: str
     for rel, text in {**code, **render.render_kind("common", ctx)}.items():
         files[f"{src_dir}/{rel}"] = text
     files.update(render.render_kind(build, ctx))
+    files["edgekit/model.tflite"] = data  # what `edgekit bench PROJECT --port P` compares the device against
     return files, ctx
 
 

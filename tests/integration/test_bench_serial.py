@@ -60,6 +60,16 @@ def test_bench_against_the_emulator(models: dict[str, Path], tmp_path: Path) -> 
     assert "<rect" in (tmp_path / "rep" / "latency.svg").read_text()
 
 
+def test_scaffolded_project_needs_only_the_port(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit.codegen.scaffold import scaffold
+
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "fw")
+    with device(models["int8"]) as port:
+        proc = run_cli("bench", str(tmp_path / "fw"), "--port", port, "--runs", "3", "--warmup", "0", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(cortex-m4)" in proc.stdout and "check model_hash: match" in proc.stdout
+
+
 def test_plain_mlperf_device_falls_back(models: dict[str, Path]) -> None:
     with device(models["int8"], "--no-extensions") as port:
         proc = _bench(models["int8"], port)
