@@ -5,6 +5,10 @@ The public Python API (the CLI is a thin layer over it)::
     import edgekit
     report = edgekit.analyze("model.keras", "cortex-m4", calib="calib.npz")
     report.fits, report.flash_bytes, report.ram_bytes
+    result = edgekit.fit("model.keras", "cortex-m4", eval_data="eval.npz", out_dir="out/")
+    edgekit.codegen("out/model.tflite", "cortex-m4", "gen/")
+    edgekit.scaffold("out/model.tflite", "cortex-m4", "cmake", "fw/")
+    edgekit.bench("out/model.tflite", "cortex-m4", SerialTransport("/dev/ttyACM0"))
     profile = edgekit.load_profile("cortex-m7")
 
 Names are resolved lazily so that importing edgekit never imports TensorFlow.
@@ -14,10 +18,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["AnalysisReport", "TargetProfile", "analyze", "list_targets", "load_profile"]
+__all__ = ["AnalysisReport", "TargetProfile", "analyze", "bench", "codegen", "fit", "list_targets", "load_profile",
+           "scaffold"]
 
 if TYPE_CHECKING:
     from edgekit.analyze import AnalysisReport, analyze
+    from edgekit.bench.runner import bench
+    from edgekit.codegen.generate import codegen
+    from edgekit.codegen.scaffold import scaffold
+    from edgekit.fit import fit
     from edgekit.profiles import TargetProfile, list_targets, load_profile
 
 _LAZY = {
@@ -26,6 +35,10 @@ _LAZY = {
     "load_profile": "edgekit.profiles",
     "list_targets": "edgekit.profiles",
     "TargetProfile": "edgekit.profiles",
+    "fit": "edgekit.fit",
+    "codegen": "edgekit.codegen.generate",
+    "scaffold": "edgekit.codegen.scaffold",
+    "bench": "edgekit.bench.runner",
 }
 
 
@@ -33,5 +46,11 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        # importing edgekit.analyze binds the submodule to the package attribute of the same name:
+        # bind every public name this module provides over it
+        for public, where in _LAZY.items():
+            if where == _LAZY[name]:
+                globals()[public] = getattr(module, public)
+        return globals()[name]
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

@@ -132,3 +132,10 @@ def test_float_tflite_analysed_without_tensorflow() -> None:
     assert proc.returncode == 1
     out = json.loads(proc.stdout)
     assert out["budgets"]["dtypes"]["fits"] is False
+
+
+def test_public_api_resolves_lazily() -> None:
+    code = ("import sys, edgekit; names = [n for n in edgekit.__all__ if not callable(getattr(edgekit, n))]; "
+            "print(names, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"
