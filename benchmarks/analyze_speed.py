@@ -21,7 +21,7 @@ import numpy as np
 
 def main() -> None:
     from edgekit._tf import keras, quiet_native, tf
-    from edgekit.analyze import analyze
+    from edgekit.analyzer import analyze
     from edgekit.data import synthetic
 
     keras.utils.set_random_seed(0)

@@ -22,7 +22,7 @@ __all__ = ["AnalysisReport", "TargetProfile", "analyze", "bench", "codegen", "fi
            "scaffold"]
 
 if TYPE_CHECKING:
-    from edgekit.analyze import AnalysisReport, analyze
+    from edgekit.analyzer import AnalysisReport, analyze
     from edgekit.bench.runner import bench
     from edgekit.codegen.generate import codegen
     from edgekit.codegen.scaffold import scaffold
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from edgekit.profiles import TargetProfile, list_targets, load_profile
 
 _LAZY = {
-    "analyze": "edgekit.analyze",
-    "AnalysisReport": "edgekit.analyze",
+    "analyze": "edgekit.analyzer",
+    "AnalysisReport": "edgekit.analyzer",
     "load_profile": "edgekit.profiles",
     "list_targets": "edgekit.profiles",
     "TargetProfile": "edgekit.profiles",
@@ -46,11 +46,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        module = importlib.import_module(_LAZY[name])
-        # importing edgekit.analyze binds the submodule to the package attribute of the same name:
-        # bind every public name this module provides over it
-        for public, where in _LAZY.items():
-            if where == _LAZY[name]:
-                globals()[public] = getattr(module, public)
-        return globals()[name]
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

@@ -182,7 +182,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from edgekit.analyze import analyze
+    from edgekit.analyzer import analyze
 
     report = analyze(args.model, args.target, calib=args.calib)
     if args.json:
@@ -298,7 +298,7 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from edgekit.analyze import analyze
+    from edgekit.analyzer import analyze
 
     report = analyze(args.model, args.target, calib=args.calib)
     if args.json:

@@ -445,7 +445,7 @@ def _coreml_predicts() -> bool:
 
 
 def _budgets(cand: Candidate, profile: TargetProfile, graph: Any | None) -> None:
-    from edgekit.analyze import Budget
+    from edgekit.analyzer import Budget
 
     budgets = [Budget("flash", profile.flash_bytes, cand.flash_bytes, "bytes"),
                Budget("ram", profile.ram_bytes, cand.ram_bytes, "bytes", cand.ram_kind)]

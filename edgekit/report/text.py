@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edgekit.analyze import AnalysisReport
+from edgekit.analyzer import AnalysisReport
 
 
 def human_bytes(n: float) -> str:
