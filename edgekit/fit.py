@@ -30,7 +30,7 @@ from edgekit import data as data_mod
 from edgekit import intake, options
 from edgekit.analysis import compat
 from edgekit.analysis.graph import read_graph
-from edgekit.errors import DataError, EdgekitError, OutputExistsError, StageError
+from edgekit.errors import DataError, EdgekitError, StageError
 from edgekit.evaluate import Metric, get_metric, run_litert
 from edgekit.profiles import TargetProfile, load_profile
 
@@ -228,23 +228,6 @@ def check_labels(y: np.ndarray | None, out_shape: tuple[int, ...], metric: Metri
         raise DataError(f"{where}: targets have shape {y.shape[1:]} per sample but the model outputs {per_sample}")
 
 
-def _reserve_output(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExistsError(f"output directory {out} exists and is not empty",
-                                "pass --force to replace it, or choose another -o")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary directory into place (replacing an old one only now)."""
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-    tmp.rename(out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 # ------------------------------------------------------------------ the search
 
 
@@ -301,7 +284,9 @@ def fit(
         rungs = [r for r in rungs if r.name in only]
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _reserve_output(out, force)
+        from edgekit.codegen.render import check_output
+
+        check_output(out, force)
     met = get_metric(metric)
     model_path = Path(model)
     if model_path.suffix.lower() == ".tflite" and model_path.is_file():
@@ -659,7 +644,9 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: Path, prof
         has_plot = render_plot(result, tmp / "candidates.svg")
         (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
         (tmp / "report.md").write_text(render_markdown(result, profile, has_plot))
-        _publish(tmp, out)
+        from edgekit.codegen.render import publish
+
+        publish(tmp, out)
         result.out_dir = out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

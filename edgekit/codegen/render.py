@@ -80,13 +80,18 @@ def write_tree(out: Path, files: Mapping[str, str | bytes | Path], force: bool) 
                 dst.write_text(content)
             if rel.endswith((".sh", "gradlew")):
                 dst.chmod(0o755)
-        backup = None
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(backup)
-        tmp.rename(out)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename a finished temporary directory into place; an old ``out`` is replaced only now."""
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(backup)
+    tmp.rename(out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
