@@ -152,7 +152,7 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         else:
             from edgekit.analysis.arena import measure_arena
 
-            m = measure_arena(tfl, graph.peak_activation_bytes())
+            m = measure_arena(tfl)
             ram, ram_kind = m.total_bytes, "tflm-arena"
             arena_info = m.to_dict()
             notes.append("arena measured with the host TFLM interpreter (64-bit pointers); a 32-bit "

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,9 @@ class TflmRun:
     outputs: np.ndarray
     arena_bytes: int
     trial_arena_bytes: int
+    head_bytes: int = 0  # non-persistent part (activations, scratch)
+    tail_bytes: int = 0  # persistent part (tensor structs, quantization data, kernel state)
+    breakdown: dict[str, int] = field(default_factory=dict)
 
 
 def _tflm_worker_main() -> int:
@@ -123,10 +126,14 @@ def _tflm_worker_main() -> int:
                     interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
                     break
                 except RuntimeError as exc:
-                    if arena >= int(spec["max_arena"]):
-                        print(f"@@edgekit failed {i} {str(exc).splitlines()[0] if str(exc) else ''}", flush=True)
+                    text = str(exc)
+                    grows = "Failed" in text or "arena" in text.lower() or "alloc" in text.lower()
+                    if arena >= int(spec["max_arena"]) or not grows:
+                        detail = " / ".join(ln.strip() for ln in text.splitlines()[:2] if ln.strip())
+                        kind = "arena" if grows else "init"
+                        print(f"@@edgekit failed {i} {kind} {arena} {detail}", flush=True)
                         return 3
-                    arena *= 2
+                    arena = min(int(spec["max_arena"]), arena * 2)
             d = interp.get_input_details(0)
             qi = d["quantization_parameters"]
             scale = float(qi["scales"][0]) if len(qi["scales"]) else 0.0
@@ -156,6 +163,7 @@ class TflmWorker:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = False
+        self.timeout = EVAL_TIMEOUT
 
     def start(self) -> TflmWorker:
         if self.proc is None or self.proc.poll() is not None:
@@ -199,8 +207,8 @@ class TflmWorker:
                 if left <= 0:
                     self.proc.kill()
                     raise MeasurementError(
-                        f"TFLM evaluation did not finish within {EVAL_TIMEOUT.value:.0f} s",
-                        "raise EDGEKIT_EVAL_TIMEOUT or evaluate fewer samples")
+                        f"the TFLM interpreter did not finish within {self.timeout.value:.0f} s",
+                        f"raise EDGEKIT_{self.timeout.name.upper()} for large models or many samples")
                 if not sel.select(timeout=min(left, 1.0)):
                     continue
                 chunk = os.read(fd, 65536)
@@ -209,18 +217,20 @@ class TflmWorker:
                 buf += chunk
         return bytes(buf), True
 
-    def run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None = None) -> list[TflmRun]:
+    def run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None = None,
+            timeout: options.Option = EVAL_TIMEOUT) -> list[TflmRun]:
         """Run each model on ``x`` (model i on its first ``limits[i]`` samples; 0 = all)."""
         import json
         import re
         import time
 
-        from edgekit.analysis.arena import _crash_error, _degenerate_op
+        from edgekit.analysis.arena import _crash_error, _degenerate_op, parse_allocation_record
         from edgekit.analysis.graph import read_graph
 
         self.start()
         assert self.proc is not None and self.proc.stdin is not None
-        deadline = time.monotonic() + EVAL_TIMEOUT.value
+        self.timeout = timeout
+        deadline = time.monotonic() + timeout.value
         start = 64 * 1024
         for m in models:
             start = max(start, 2 * read_graph(m).peak_activation_bytes() + 16 * 1024)
@@ -248,25 +258,26 @@ class TflmWorker:
                 self.proc, self.ready = None, False
                 started = re.findall(r"@@edgekit start (\d+)", text)
                 bad = models[int(started[-1])] if started else models[0]
-                failed = re.search(r"@@edgekit failed \d+ (.*)", text)
+                failed = re.search(r"@@edgekit failed \d+ (\w+) (\d+) (.*)", text)
+                if failed and failed.group(1) == "arena":
+                    raise MeasurementError(
+                        f"the model does not allocate even in a {failed.group(2)} byte trial arena",
+                        "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
                 if failed:
-                    raise MeasurementError(f"the model does not allocate in TFLM: {failed.group(1)}",
-                                           "raise EDGEKIT_ARENA_MAX_BYTES if it really needs more")
+                    raise MeasurementError(f"the TFLM interpreter refused the model: {failed.group(3)}")
                 raise _crash_error(code, text, _degenerate_op(bad))
             runs = []
             sections = re.split(r"@@edgekit model \d+ ", text)[1:]
             for i, (m, sect) in enumerate(zip(models, sections, strict=True)):
                 trial = int(re.search(r"trial_arena (\d+)", sect).group(1))  # type: ignore[union-attr]
-                total = re.search(r"Arena allocation total (\d+) bytes", sect)
-                if total is None:
-                    raise MeasurementError("the TFLM interpreter printed no allocation record",
-                                           "rerun with --debug and report it")
+                record = parse_allocation_record(sect)
                 raw = np.load(Path(tmp) / f"y.{i}.npy")
                 out_t = read_graph(m).output_tensors()[0]
                 oscale = out_t.scale[0] if out_t.scale else 0.0
                 ozp = out_t.zero_point[0] if out_t.zero_point else 0
                 runs.append(TflmRun(raw=raw, outputs=_dequantize(raw, oscale, ozp),
-                                    arena_bytes=int(total.group(1)), trial_arena_bytes=trial))
+                                    arena_bytes=record["total"], trial_arena_bytes=trial, head_bytes=record["head"],
+                                    tail_bytes=record["tail"], breakdown=record["breakdown"]))
             return runs
 
 

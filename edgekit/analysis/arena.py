@@ -2,25 +2,22 @@
 
 The TFLM host interpreter aborts the whole process on some models (a
 ``TFLITE_CHECK`` in a kernel's parameter set-up), so it never runs inside the
-CLI's own process: a child loads the model, allocates with a recording
-allocator, runs one inference, and prints the allocator's figures.  A crash
-becomes a :class:`MeasurementError` naming the operator and the likely cause.
+CLI's own process: the TFLM worker (:class:`edgekit.evaluate.TflmWorker`)
+loads the model, allocates with a recording allocator, runs one inference, and
+prints the allocator's figures, which are parsed here.  A crash becomes a
+:class:`MeasurementError` naming the operator and the likely cause.
 
-The arena is sized properly: the child starts from the model's own activation
-needs, and grows the trial arena by what TFLM reports missing until the model
-allocates (the TFLM Python runtime's default of 10x the model size fails on
-models with large activations and small weights).
+The arena is sized properly: the worker starts from twice the model's peak
+activation memory and doubles the trial arena until the model allocates (the
+TFLM Python runtime's default of 10x the model size fails on models with large
+activations and small weights).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from edgekit import options
 from edgekit.errors import MeasurementError
@@ -52,80 +49,29 @@ class ArenaMeasurement:
         }
 
 
-def _child_main(model_path: str, start_arena: int, max_arena: int) -> int:
-    """Runs in the child: find an arena that allocates, invoke once, print the record."""
-    import numpy as np
-    from tflite_micro.python.tflite_micro import runtime
-
-    data = Path(model_path).read_bytes()
-    arena = start_arena
-    while True:
-        try:
-            interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
-            break
-        except RuntimeError as exc:
-            text = str(exc)
-            if arena >= max_arena:
-                print(json.dumps({"error": "arena", "arena": arena, "detail": text}), flush=True)
-                return 3
-            if "Failed" not in text and "arena" not in text.lower() and "alloc" not in text.lower():
-                print(json.dumps({"error": "init", "detail": text}), flush=True)
-                return 4
-            arena = min(max_arena, arena * 2)
-    i = 0
-    while True:
-        try:
-            details = interp.get_input_details(i)
-        except Exception:
-            break
-        shape = tuple(int(d) for d in details["shape"])
-        interp.set_input(np.zeros(shape, dtype=details["dtype"]), i)
-        i += 1
-    interp.invoke()
-    print(json.dumps({"ok": True, "arena": arena}), flush=True)
-    sys.stdout.flush()
-    interp.print_allocations()
-    return 0
-
-
-def measure_arena(model: bytes, activation_hint: int = 0, timeout: float | None = None) -> ArenaMeasurement:
-    """Measure the TFLM tensor arena of a .tflite model (bytes) in a child process."""
-    timeout = options.ARENA_MEASURE_TIMEOUT.value if timeout is None else timeout
-    start = max(64 * 1024, 2 * activation_hint + 16 * 1024)
-    max_arena = int(options.ARENA_MAX_BYTES.value)
-    with tempfile.TemporaryDirectory(prefix="edgekit-arena-") as tmp:
-        path = Path(tmp) / "model.tflite"
-        path.write_bytes(model)
-        cmd = [sys.executable, "-c",
-               "import sys; from edgekit.analysis.arena import _child_main; "
-               "sys.exit(_child_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))",
-               str(path), str(start), str(max_arena)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise MeasurementError(
-                f"the TFLM interpreter did not finish within {timeout:.0f} s",
-                "raise EDGEKIT_ARENA_MEASURE_TIMEOUT for very large models",
-            ) from None
-    out = proc.stdout + "\n" + proc.stderr
-    if proc.returncode != 0:
-        raise _crash_error(proc.returncode, out, _degenerate_op(model))
-    total = _TOTAL.search(out)
+def parse_allocation_record(text: str) -> dict[str, Any]:
+    """The RecordingMicroAllocator's printout: total, head, tail and per-kind bytes."""
+    total = _TOTAL.search(text)
     if not total:
-        raise MeasurementError("the TFLM interpreter printed no allocation record", out.strip()[-200:])
-    head = _HEAD.search(out)
-    tail = _TAIL.search(out)
-    trial = start
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            trial = int(json.loads(line).get("arena", start))
-    return ArenaMeasurement(
-        total_bytes=int(total.group(1)),
-        head_bytes=int(head.group(1)) if head else 0,
-        tail_bytes=int(tail.group(1)) if tail else 0,
-        trial_arena_bytes=trial,
-        breakdown={m.group(1): int(m.group(2)) for m in _ITEM.finditer(out)},
-    )
+        raise MeasurementError("the TFLM interpreter printed no allocation record", text.strip()[-200:] or None)
+    head, tail = _HEAD.search(text), _TAIL.search(text)
+    return {"total": int(total.group(1)), "head": int(head.group(1)) if head else 0,
+            "tail": int(tail.group(1)) if tail else 0,
+            "breakdown": {m.group(1): int(m.group(2)) for m in _ITEM.finditer(text)}}
+
+
+def measure_arena(model: bytes) -> ArenaMeasurement:
+    """Measure the TFLM tensor arena of a .tflite model (bytes) in an isolated TFLM worker process."""
+    import numpy as np
+
+    from edgekit.analysis.graph import read_graph
+    from edgekit.evaluate import TflmWorker
+
+    shape = tuple(max(d, 1) for d in read_graph(model).input_tensors()[0].shape)
+    with TflmWorker() as worker:
+        run = worker.run([model], np.zeros((1, *shape[1:]), dtype=np.float32), timeout=options.ARENA_MEASURE_TIMEOUT)[0]
+    return ArenaMeasurement(total_bytes=run.arena_bytes, head_bytes=run.head_bytes, tail_bytes=run.tail_bytes,
+                            trial_arena_bytes=run.trial_arena_bytes, breakdown=run.breakdown)
 
 
 def _degenerate_op(model: bytes) -> str | None:
@@ -147,15 +93,6 @@ def _degenerate_op(model: bytes) -> str | None:
 
 
 def _crash_error(code: int, out: str, suspect: str | None = None) -> MeasurementError:
-    for line in out.splitlines():
-        if line.startswith("{") and '"error"' in line:
-            info = json.loads(line)
-            if info["error"] == "arena":
-                return MeasurementError(
-                    f"the model does not allocate even in a {info['arena']} byte trial arena",
-                    "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more",
-                )
-            return MeasurementError(f"the TFLM interpreter refused the model: {_last_lines(info['detail'])}")
     node = _NODE.search(out)
     kernel = _KERNEL_FILE.search(out)
     op = node.group(1) if node else (kernel.group(1).upper() if kernel else None)
@@ -186,5 +123,5 @@ def _crash_error(code: int, out: str, suspect: str | None = None) -> Measurement
 
 
 def _last_lines(text: str, n: int = 2) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("{")]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("@@edgekit")]
     return " / ".join(lines[-n:]) if lines else "no output"

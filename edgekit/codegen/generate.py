@@ -140,7 +140,7 @@ def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, all
     if unsupported:
         raise GenerationError(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
                               "replace them in the model, or pick a runtime that has them")
-    arena = measure_arena(data, graph.peak_activation_bytes()).total_bytes
+    arena = measure_arena(data).total_bytes
     over = []
     if len(data) > profile.flash_bytes:
         over.append(f"flash {len(data):,} B > {profile.flash_bytes:,} B by {len(data) - profile.flash_bytes:,} B")
