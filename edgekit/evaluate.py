@@ -127,11 +127,11 @@ def _tflm_worker_main() -> int:
                     break
                 except RuntimeError as exc:
                     text = str(exc)
-                    grows = "Failed" in text or "arena" in text.lower() or "alloc" in text.lower()
-                    if arena >= int(spec["max_arena"]) or not grows:
+                    # the exception only says "failed to allocate"; why (too small an arena, an op TFLM
+                    # lacks) is what TFLM printed, which the parent reads
+                    if arena >= int(spec["max_arena"]) or "alloc" not in text.lower():
                         detail = " / ".join(ln.strip() for ln in text.splitlines()[:2] if ln.strip())
-                        kind = "arena" if grows else "init"
-                        print(f"@@edgekit failed {i} {kind} {arena} {detail}", flush=True)
+                        print(f"@@edgekit failed {i} {arena} {detail}", flush=True)
                         return 3
                     arena = min(int(spec["max_arena"]), arena * 2)
             d = interp.get_input_details(0)
@@ -258,13 +258,16 @@ class TflmWorker:
                 self.proc, self.ready = None, False
                 started = re.findall(r"@@edgekit start (\d+)", text)
                 bad = models[int(started[-1])] if started else models[0]
-                failed = re.search(r"@@edgekit failed \d+ (\w+) (\d+) (.*)", text)
-                if failed and failed.group(1) == "arena":
-                    raise MeasurementError(
-                        f"the model does not allocate even in a {failed.group(2)} byte trial arena",
-                        "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
+                failed = re.search(r"@@edgekit failed \d+ (\d+) (.*)", text)
                 if failed:
-                    raise MeasurementError(f"the TFLM interpreter refused the model: {failed.group(3)}")
+                    said = [ln.strip() for ln in text[: failed.start()].splitlines()
+                            if ln.strip() and not ln.startswith("@@edgekit")]
+                    if not said or any("Failed to resize buffer" in ln for ln in said[-3:]):
+                        raise MeasurementError(
+                            f"the model does not allocate even in a {failed.group(1)} byte trial arena",
+                            "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
+                    raise MeasurementError("the TFLM interpreter refused the model: "
+                                           + " / ".join([*said[-2:], failed.group(2)]))
                 raise _crash_error(code, text, _degenerate_op(bad))
             runs = []
             sections = re.split(r"@@edgekit model \d+ ", text)[1:]
