@@ -51,28 +51,10 @@ def bare_reference(src: Path, xtr, xte, yte) -> tuple[float, bytes, float]:  # t
     return time.perf_counter() - t0, int8, 100 * correct / len(xte)
 
 
-def host_latency(model: bytes, runs: int = 300) -> float:
-    from edgekit._quiet import quiet_native
-    from edgekit.evaluate import _interpreter_class
-
-    with quiet_native():
-        it = _interpreter_class()(model_content=model, num_threads=1)
-        it.allocate_tensors()
-    d = it.get_input_details()[0]
-    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    for _ in range(20):
-        it.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        it.invoke()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e6)
-
-
 def main() -> None:
     from edgekit._tf import keras, quiet_native, tf
     from edgekit.demo import train_digits_cnn
+    from edgekit.evaluate import host_latency_ms
     from edgekit.fit import fit
 
     model, (xtr, _, xte, yte) = train_digits_cnn()
@@ -102,8 +84,9 @@ def main() -> None:
         from edgekit.stages import quantize
 
         art = intake.load(src)
-        lat_f = host_latency(quantize.convert(art, "float32"))
-        lat_q = host_latency(quantize.convert(art, "int8", Dataset(xtr[:200], None, "calib"), "float32"))
+        lat_f = 1000 * host_latency_ms(quantize.convert(art, "float32"), xte, runs=300, warmup=20)
+        lat_q = 1000 * host_latency_ms(quantize.convert(art, "int8", Dataset(xtr[:200], None, "calib"), "float32"), xte,
+                                       runs=300, warmup=20)
 
     w = full.winner
     assert w is not None and one.winner is not None

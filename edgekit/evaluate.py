@@ -103,6 +103,26 @@ class TflmRun:
     breakdown: dict[str, int] = field(default_factory=dict)
 
 
+def host_latency_ms(model: bytes, x: np.ndarray, threads: int = 1, runs: int = 30, warmup: int = 3) -> float:
+    """Median time of one LiteRT inference on this host for the first sample of ``x`` (a proxy)."""
+    import time
+
+    with quiet_native():
+        interp = _interpreter_class()(model_content=model, num_threads=threads)
+        interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    scale, zp = inp["quantization"]
+    interp.set_tensor(inp["index"], _quantize(x[:1].reshape(inp["shape"]), inp["dtype"], scale, zp))
+    for _ in range(warmup):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
 def _tflm_worker_main() -> int:
     """Child process: one job per stdin line (a spec file); for each model, find an arena, run
     every sample, print the allocation record; then a done marker."""

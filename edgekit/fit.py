@@ -31,7 +31,7 @@ from edgekit import intake, options
 from edgekit.analysis import compat
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import DataError, EdgekitError, StageError
-from edgekit.evaluate import Metric, get_metric, run_litert
+from edgekit.evaluate import Metric, get_metric, host_latency_ms, run_litert
 from edgekit.profiles import TargetProfile, load_profile
 
 GOALS = ("size", "latency", "ram")
@@ -445,28 +445,6 @@ def _budgets(cand: Candidate, profile: TargetProfile, graph: Any | None) -> None
     cand.fits = all(b.fits for b in budgets)
 
 
-def _host_latency_ms(model: bytes, x: np.ndarray, threads: int, runs: int = 30) -> float:
-    from edgekit._quiet import quiet_native
-    from edgekit.evaluate import _interpreter_class
-
-    with quiet_native():
-        interp = _interpreter_class()(model_content=model, num_threads=threads)
-        interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    from edgekit.evaluate import _quantize
-
-    scale, zp = inp["quantization"]
-    interp.set_tensor(inp["index"], _quantize(x[:1].reshape(inp["shape"]), inp["dtype"], scale, zp))
-    for _ in range(3):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
-
-
 def _build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal: data_mod.Dataset,
                   ev: data_mod.Dataset, met: Metric, work: Path, cand: Candidate, worker: Any = None) -> Path:
     from edgekit.stages import quantize
@@ -499,7 +477,7 @@ def _build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal:
         cand.ram_bytes, cand.ram_kind = graph.peak_activation_bytes(), "peak-activation"
         cand.metric = met(ev.y, run_litert(tfl, ev.x))
         cand.evaluated_on = "LiteRT (ai-edge-litert) on the host CPU"
-        cand.latency_ms = _host_latency_ms(tfl, ev.x, profile.threads)
+        cand.latency_ms = host_latency_ms(tfl, ev.x, profile.threads)
         cand.latency_kind = f"host CPU, LiteRT, {profile.threads} threads (a proxy, not the phone)"
     cand.flash_bytes = len(tfl)
     _budgets(cand, profile, graph)
