@@ -21,6 +21,3 @@ def targets_dir() -> Path:
 def templates_dir() -> Path:
     return _data_dir("firmware_templates")
 
-
-def examples_dir() -> Path:
-    return _data_dir("examples")

@@ -42,11 +42,6 @@ ARENA_MARGIN = Option(
     "fraction added to the measured arena for generated code (covers heap alignment and "
     "kernel scratch differences between host and target builds)",
 )
-ARENA_TARGET_ALLOWANCE = Option(
-    "arena_target_allowance", 0.0,
-    "bytes subtracted from the host-measured arena to estimate the 32-bit target figure "
-    "(0 = report the host figure, which is the conservative upper bound)",
-)
 SYNTHETIC_CALIB_SAMPLES = Option(
     "synthetic_calib_samples", 32, "samples drawn for synthetic calibration when no --calib data is given"
 )

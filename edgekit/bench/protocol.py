@@ -14,6 +14,8 @@ from edgekit.errors import TransportError, TransportTimeout
 from edgekit.transports.base import READ_TIMEOUT, WRITE_TIMEOUT, Transport
 
 BOOT_MARKERS = ("m-timestamp-mode-performance", "m-init-done")
+UPLOAD_CHUNK = 64  # input bytes per `db` line the host sends
+COMMAND_BUFFER = 256  # bytes the firmware buffers for one command: "db " + UPLOAD_CHUNK as hex + slack
 
 
 class DeviceReset(TransportError):

@@ -19,12 +19,11 @@ import numpy as np
 
 from edgekit import options
 from edgekit.analysis.graph import read_graph
-from edgekit.bench.protocol import Client, DeviceReset
+from edgekit.bench.protocol import UPLOAD_CHUNK, Client, DeviceReset
 from edgekit.errors import DataError, EdgekitError, TransportError
 from edgekit.profiles import TargetProfile, load_profile
 from edgekit.transports.base import Transport
 
-UPLOAD_CHUNK = 64
 INFER_TIMEOUT = options.Option("infer_timeout", 120.0, "seconds one `infer` command may take on the device")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.protocol import COMMAND_BUFFER
 from edgekit.codegen import render
 from edgekit.codegen.c_array import c_identifier
 from edgekit.codegen.generate import _version, check_section, codegen_context, prepare, read_labels
@@ -34,8 +35,6 @@ CPU_FLAGS = {
 }
 ZEPHYR_BOARDS = {"cortex-m0plus": "rpi_pico", "cortex-m4": "nrf52840dk/nrf52840", "cortex-m7": "nucleo_h743zi",
                  "cortex-m33": "nrf5340dk/nrf5340/cpuapp", "cortex-m55": "mps3/corstone300/an547"}
-COMMAND_BUFFER = 256  # bytes: "db " + 64 input bytes as hex + slack
-UPLOAD_CHUNK = 64  # input bytes per `db` line the host sends
 
 
 @dataclass
@@ -59,7 +58,6 @@ def mcu_context(profile: TargetProfile, base: dict[str, Any]) -> dict[str, Any]:
         "tflm_arch": arch,
         "clock_hz": profile.clock_hz or 64_000_000,
         "command_buffer": COMMAND_BUFFER,
-        "upload_chunk": UPLOAD_CHUNK,
         "stack_bytes": 8192,
         "flash_origin": "0x08000000",
         "flash_length": profile.flash_bytes + 256 * 1024,

@@ -4,7 +4,7 @@ A bare converter int8 model carries tensor names, conversion metadata and
 signature definitions. TFLM reads none of them, so for TFLM targets they are
 removed. The model is repacked with every buffer 16-byte aligned (weights are
 read in place from flash, and an unaligned int32 bias faults on cores without
-unaligned access). :func:`verify_bit_exact` runs both forms on the real TFLM
+unaligned access). :func:`strip_verified` runs both forms on the real TFLM
 interpreter and compares the outputs bit for bit.
 """
 
@@ -121,11 +121,3 @@ def strip_verified(data: bytes, x: np.ndarray, worker: TflmWorker | None = None)
             return form, label, stripped
     return data, "nothing (no stripped form ran bit-exact on TFLM)", tflm_session([data], x, worker)[0]
 
-
-def verify_bit_exact(original: bytes, stripped: bytes, x: np.ndarray) -> None:
-    """Run both models on TFLM for inputs ``x``; raise StageError if any output bit differs."""
-    from edgekit.evaluate import tflm_session
-
-    a, b = tflm_session([original, stripped], x)
-    if a.raw.dtype != b.raw.dtype or not np.array_equal(a.raw, b.raw):
-        raise StageError("the stripped model's TFLM outputs differ from the original's")

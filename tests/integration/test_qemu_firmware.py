@@ -68,7 +68,8 @@ def test_scaffold_builds_boots_and_matches_the_host_interpreter(models: dict[str
     if reason:
         pytest.skip(reason)
     from edgekit.analysis.graph import read_graph
-    from edgekit.codegen.scaffold import UPLOAD_CHUNK, scaffold
+    from edgekit.bench.protocol import UPLOAD_CHUNK
+    from edgekit.codegen.scaffold import scaffold
     from edgekit.evaluate import tflm_session
 
     project = tmp_path / "fw"
