@@ -28,6 +28,7 @@ import numpy as np
 
 from edgekit import data as data_mod
 from edgekit import intake, options
+from edgekit._hashing import content_hash
 from edgekit.analysis import compat
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import DataError, EdgekitError, StageError
@@ -157,17 +158,6 @@ def ladder(profile: TargetProfile, level: int = 1) -> list[Rung]:
 
 
 # ------------------------------------------------------------------ hashing / cache
-
-
-def content_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode())
-            h.update(f.read_bytes())
-    else:
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def _array_hash(*arrays: np.ndarray | None) -> str:

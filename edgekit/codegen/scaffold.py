@@ -140,10 +140,10 @@ def _phone_files(model: str | os.PathLike[str], profile: TargetProfile, build: s
                                   f"{profile.name})", "e.g. edgekit fit MODEL -t ios-ane -o out/")
         asset = f"{c_identifier(name or p.stem)}.mlpackage"
         payload = p
-        h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(f.read_bytes())
-        digest, size = h.hexdigest(), sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        from edgekit._hashing import content_hash
+        from edgekit.stages.coreml import package_bytes
+
+        digest, size = content_hash(p), package_bytes(p)
     ident = c_identifier(name or p.stem)
     ctx = {
         "edgekit_version": _version(), "target": profile.name, "name": ident,

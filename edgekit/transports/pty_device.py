@@ -169,10 +169,12 @@ class DeviceSim:
         if self.output is None:
             self.line("m-results-[]")
             return
+        from edgekit.evaluate import _dequantize
+
         q = self.interp.get_output_details(0)["quantization_parameters"]
-        scale = float(q["scales"][0]) if len(q["scales"]) else 1.0
+        scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
         zp = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
-        vals = (self.output.astype(np.float32) - zp) * scale if self.output.dtype.kind != "f" else self.output
+        vals = _dequantize(self.output, scale, zp)
         self.line("m-results-[" + ",".join(f"{v:.3f}" for v in vals.reshape(-1)) + "]")
 
     def extension(self, verb: str) -> bool:
