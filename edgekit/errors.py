@@ -47,6 +47,13 @@ class GenerationError(EdgekitError):
     """Code or project generation failed (bad name, existing output, ...)."""
 
 
+class DoesNotFit(EdgekitError):
+    """The model does not fit the target (a budget, an operator or a data type): exit code 1, the same
+    verdict `check` and `analyze` give, whichever command finds it."""
+
+    exit_code = 1
+
+
 class OutputExistsError(GenerationError):
     """An output path exists and --force was not given."""
 

@@ -17,7 +17,7 @@ from edgekit.analysis import compat
 from edgekit.analysis.graph import Graph, Tensor, read_graph
 from edgekit.codegen import render
 from edgekit.codegen.c_array import c_identifier, c_string, format_bytes
-from edgekit.errors import GenerationError, ModelError
+from edgekit.errors import DoesNotFit, GenerationError, ModelError
 from edgekit.profiles import TargetProfile, load_profile
 
 _TFLITE_TYPES = {"int8": "int8", "uint8": "uint8", "int16": "int16", "int32": "int32", "float32": "float32",
@@ -138,7 +138,7 @@ def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, all
     graph = read_graph(data, where=str(p))
     unsupported = compat.unsupported_ops(graph, profile)
     if unsupported:
-        raise GenerationError(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
+        raise DoesNotFit(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
                               "replace them in the model, or pick a runtime that has them")
     arena = measure_arena(data).total_bytes
     over = []
@@ -151,7 +151,7 @@ def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, all
     if bad_types:
         over.append(f"data types {', '.join(bad_types)} not accepted by {profile.name}")
     if over and not allow_over_budget:
-        raise GenerationError(f"{p.name} does not fit {profile.name}: " + "; ".join(over),
+        raise DoesNotFit(f"{p.name} does not fit {profile.name}: " + "; ".join(over),
                               "pass --allow-over-budget to generate anyway")
     return data, graph, profile, arena
 
