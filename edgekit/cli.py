@@ -194,13 +194,24 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_OK if report.fits else EXIT_OVER
 
 
+def _candidates(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        from edgekit.errors import DataError
+
+        raise DataError(f"--candidates {text!r} names no ladder step", "e.g. --candidates int8 or int16x8,int8")
+    return names
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from edgekit.fit import fit
 
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output,
                  force=args.force, use_cache=not args.no_cache, quiet=args.json,
-                 only=[c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None)
+                 only=_candidates(args.candidates))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -329,10 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        print("edgekit: error: no command given (commands: " + ", ".join(COMMANDS) + "; see `edgekit --help`)",
+              file=sys.stderr)
         return EXIT_ERROR
+    from edgekit._session import Terminated, run_session
+
     try:
-        return COMMANDS[args.command](args)
+        with run_session():
+            return COMMANDS[args.command](args)
     except EdgekitError as exc:
         if args.debug:
             traceback.print_exc()
@@ -345,10 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("edgekit: terminated by signal " + str(exc.signum), file=sys.stderr)
+        return 128 + exc.signum
     except Exception as exc:  # a bug: still one line unless --debug
         if args.debug:
             traceback.print_exc()
-        print(f"edgekit: internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)",
+        text = " ".join(str(exc).split())[:300]
+        print(f"edgekit: internal error: {type(exc).__name__}: {text} (rerun with --debug and report it)",
               file=sys.stderr)
         return EXIT_ERROR
 

@@ -6,6 +6,8 @@ Shapes, dtypes and values are checked against the model before any work starts.
 from __future__ import annotations
 
 import os
+import stat
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,44 +30,109 @@ class Dataset:
         return int(self.x.shape[0])
 
 
+DATA_MAX_BYTES = options.Option("data_max_bytes", float(8 << 30),
+                                "largest calibration/evaluation data file edgekit reads")
+
+
+def _check_file(p: Path) -> None:
+    """Only regular files of a sane size: a FIFO would block, /dev/zero would never end."""
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"data file {p} is not a regular file (a device, FIFO or socket)",
+                        "pass a .npy, .npz or an image folder")
+    if st.st_size == 0:
+        raise DataError(f"data file {p} is empty (0 bytes)", "re-save it with np.save / np.savez")
+    if st.st_size > DATA_MAX_BYTES.value:
+        raise DataError(f"data file {p} is {st.st_size:,} B, over the {int(DATA_MAX_BYTES.value):,} B limit",
+                        "use fewer samples, or raise EDGEKIT_DATA_MAX_BYTES")
+
+
+def _check_magic(p: Path) -> None:
+    """A .npy starts with \x93NUMPY and a .npz is a zip archive; anything else numpy would try to unpickle."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    if head.startswith(b"\x93NUMPY") or head.startswith(b"PK"):
+        return
+    raise DataError(f"{p} is not a NumPy file (neither .npy nor .npz content)",
+                    "save it with np.save (.npy) or np.savez (.npz)")
+
+
 def load(path: str | os.PathLike[str], input_shape: tuple[int, ...]) -> Dataset:
     """Load and check data for a model whose single input has ``input_shape`` (batch first)."""
     p = Path(path)
+    if str(path) == "":
+        raise DataError("the data path is empty", "pass a .npy, .npz (keys x, y) or an image folder")
     if not p.exists():
         raise DataError(f"data file {p} does not exist", "pass a .npy, .npz (keys x, y) or an image folder")
     if p.is_dir():
         x, y = _load_images(p, input_shape), None
-    elif p.suffix == ".npy":
+    elif p.suffix.lower() == ".npy":
+        _check_file(p)
+        _check_magic(p)
         x, y = _np_load(p), None
-    elif p.suffix == ".npz":
+    elif p.suffix.lower() == ".npz":
+        _check_file(p)
+        _check_magic(p)
         with _np_open(p) as z:
             if "x" not in z.files:
                 raise DataError(f"{p} has no array named 'x' (found: {', '.join(z.files) or 'none'})",
                                 "save with np.savez(path, x=inputs, y=labels)")
-            x = z["x"]
-            y = z["y"] if "y" in z.files else None
+            x = _member(z, "x", p)
+            y = _member(z, "y", p) if "y" in z.files else None
     else:
         raise DataError(f"{p}: unsupported data format {p.suffix!r}", "use .npy, .npz or a folder of images")
     x = check_inputs(x, input_shape, str(p))
     if y is not None:
         y = np.asarray(y)
+        if y.ndim == 0:
+            raise DataError(f"{p}: y is a single value, not one label per sample", "save y as an array of labels")
         if y.shape[0] != x.shape[0]:
             raise DataError(f"{p}: y has {y.shape[0]} rows but x has {x.shape[0]}", "one label per sample")
     return Dataset(x=x, y=y, source=str(p))
 
 
+def _np_problem(p: Path, exc: BaseException) -> DataError:
+    text = str(exc)
+    if "pickle" in text.lower() or "object" in text.lower():
+        return DataError(f"{p} holds Python objects (pickled data), which edgekit does not load",
+                         "save plain numeric arrays: np.savez(path, x=np.asarray(x, np.float32), y=labels)")
+    first = " ".join(text.split())[:120]
+    return DataError(f"{p} is not a valid NumPy file ({first or type(exc).__name__})",
+                     "save it with np.save (.npy) or np.savez (.npz)")
+
+
 def _np_open(p: Path) -> np.lib.npyio.NpzFile:
     try:
-        return np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {p}: {exc}") from None
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _np_problem(p, exc) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{p} is a .npy array saved under a .npz name", "rename it to .npy, or save with np.savez")
+    return z
+
+
+def _member(z: np.lib.npyio.NpzFile, key: str, p: Path) -> np.ndarray:
+    try:
+        return np.asarray(z[key])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise _np_problem(p, exc) from None
 
 
 def _np_load(p: Path) -> np.ndarray:
     try:
-        return np.asarray(np.load(p, allow_pickle=False))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {p}: {exc}") from None
+        data = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise _np_problem(p, exc) from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise DataError(f"{p} is a .npz archive saved under a .npy name", "rename it to .npz")
+    return np.asarray(data)
 
 
 def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -92,7 +159,7 @@ def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.
 def _load_images(folder: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image
 
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXT)
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXT and f.is_file())
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXT))})")
     if len(input_shape) != 4:
@@ -100,10 +167,12 @@ def _load_images(folder: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     _, h, w, c = input_shape
     out = []
     for f in files:
+        _check_file(f)
         try:
-            img = Image.open(f).convert("L" if c == 1 else "RGB").resize((w, h))
-        except OSError as exc:
-            raise DataError(f"cannot read image {f}: {exc}") from None
+            with Image.open(f) as opened:
+                img = opened.convert("L" if c == 1 else "RGB").resize((w, h))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {f}: {' '.join(str(exc).split())[:150]}") from None
         arr = np.asarray(img, dtype=np.float32) / 255.0
         out.append(arr.reshape(h, w, c))
     return np.stack(out)

@@ -63,9 +63,15 @@ DEMO_TARGETS = ("cortex-m4", "android-arm64-cpu", "ios-ane")
 def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None, force: bool = False,
              as_json: bool = False) -> int:
     """Train the digits CNN, fit it to each target, print one table. Exit 0 when all fit."""
+    from edgekit import output
     from edgekit.fit import fit
+    from edgekit.profiles import load_profile
     from edgekit.report.text import human_bytes, table
 
+    for target in targets:  # every target and output path is checked before the training starts
+        load_profile(target)
+        if out_dir is not None:
+            output.check_path(Path(out_dir) / Path(target).stem, force)
     t0 = time.perf_counter()
     model, (xtr, ytr, xte, yte) = train_digits_cnn()
     float_acc = 100 * float(np.mean(np.argmax(model.predict(xte, verbose=0), axis=1) == yte))
@@ -82,7 +88,7 @@ def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None
         root = Path(out_dir) if out_dir else Path(tmp) / "out"
         for target in targets:
             r = fit(src, target, eval_data=str(Path(tmp) / "eval.npz"), calib=str(Path(tmp) / "calib.npz"),
-                    max_drop=1.0, out_dir=root / target, force=force, quiet=as_json)
+                    max_drop=1.0, out_dir=root / Path(target).stem, force=force, quiet=as_json)
             results.append(r)
     t_total = time.perf_counter() - t0
     if as_json:

@@ -10,6 +10,7 @@ are cached by content hash, so a re-run with the same inputs does no work twice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import data as data_mod
-from edgekit import intake, options
+from edgekit import intake, options, output
 from edgekit._hashing import content_hash
 from edgekit.analysis import compat
 from edgekit.analysis.graph import read_graph
@@ -37,7 +38,7 @@ from edgekit.profiles import TargetProfile, load_profile
 
 GOALS = ("size", "latency", "ram")
 LATENCY_TIE = 0.25
-CACHE_VERSION = "fit-1"
+CACHE_VERSION = "fit-2"  # fit-2: records carry the artifact's and their own sha256
 # cycles per MAC by arithmetic, for the TFLM latency estimate (CMSIS-NN int8 on a DSP core,
 # reference int16x8, FPU float32, soft float). An estimate for ranking, labelled as such.
 CYCLES_PER_MAC = {"int8": 1.0, "int16x8": 3.0, "float32": 4.0, "float32-soft": 40.0}
@@ -272,11 +273,6 @@ def fit(
             raise DataError(f"--candidates {','.join(unknown)} is not on the {profile.name} ladder",
                             "choose from " + ", ".join(known))
         rungs = [r for r in rungs if r.name in only]
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        from edgekit.codegen.render import check_output
-
-        check_output(out, force)
     met = get_metric(metric)
     model_path = Path(model)
     if model_path.suffix.lower() == ".tflite" and model_path.is_file():
@@ -285,15 +281,24 @@ def fit(
                              "pass the source model (.keras, .h5, SavedModel or .onnx)")
         raise StageError(f"{model_path} is already a .tflite file: fit needs the float source model to "
                          "quantize", "pass the .keras, .h5, SavedModel or .onnx it came from")
-    art = intake.load(model_path)
+    out: output.Output | None = None
+    if out_dir is not None:  # checked, locked and staged before any work starts
+        size = model_path.stat().st_size if model_path.is_file() else 0
+        out = output.Output(out_dir, force, inputs=[model, eval_data, calib], command="fit",
+                            expected_bytes=2 * size).open()
     try:
-        return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start)
+        art = intake.load(model_path)
+        try:
+            return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start)
+        finally:
+            art.cleanup()
     finally:
-        art.cleanup()
+        if out is not None:
+            out.close()
 
 
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
-         max_drop: float, met: Metric, goal: str, out: Path | None, use_cache: bool, quiet: bool,
+         max_drop: float, met: Metric, goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
          t_start: float) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
@@ -308,7 +313,8 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
 
 
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
-               calib_path: str | None, max_drop: float, met: Metric, goal: str, out: Path | None, use_cache: bool,
+               calib_path: str | None, max_drop: float, met: Metric, goal: str, out: output.Output | None,
+               use_cache: bool,
                quiet: bool, t_start: float, worker: Any) -> FitResult:
     from edgekit.stages import quantize
 
@@ -355,7 +361,10 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
             progress.show(i, f"{rung.name} ...")
             key = hashlib.sha256(json.dumps({**key_base, "rung": asdict(rung)}, sort_keys=True).encode()).hexdigest()
             entry = cache_dir() / key[:2] / key
-            cand = _load_cached(entry) if use_cache else None
+            cached_copy = Path(work.name) / f"cached-{rung.name}{'.mlpackage' if rung.stage == 'coreml' else '.tflite'}"
+            cand, problem = _load_cached(entry, cached_copy) if use_cache else (None, "")
+            if problem:
+                notes.append(f"cache entry for {rung.name} was not used ({problem}): rebuilt")
             if cand is None:
                 t0 = time.perf_counter()
                 cand = Candidate(rung.name, rung.stage, rung.mode, rung.value)
@@ -383,7 +392,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
                 cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
                 if cand.artifact:
-                    artifacts[rung.name] = entry / cand.artifact
+                    artifacts[rung.name] = cached_copy
             candidates.append(cand)
             status = cand.error[:60] if cand.error else (
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
@@ -556,34 +565,121 @@ def _closest(cands: list[Candidate]) -> Candidate | None:
 # ------------------------------------------------------------------ cache
 
 
-def _load_cached(entry: Path) -> Candidate | None:
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "float": (int, float), "int": (int,), "bool": (bool,), "float | None": (int, float, type(None)),
+    "dict[str, dict[str, Any]]": (dict,), "list[str]": (list,),
+}
+ARTIFACT_NAMES = ("model.tflite", "model.mlpackage")
+CACHE_RECORD_MAX = 1 << 20
+
+
+def _record_digest(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+
+
+def _no_symlinks(path: Path) -> bool:
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        for dirpath, dirnames, filenames in os.walk(path):
+            if any(Path(dirpath, n).is_symlink() for n in (*dirnames, *filenames)):
+                return False
+    return True
+
+
+def _load_cached(entry: Path, copy_to: Path) -> tuple[Candidate | None, str]:
+    """A verified cache hit, or (None, why it was not usable); ("" when there simply is no entry).
+
+    A hit is trusted only if its record has the right fields and types, names its artifact by one of
+    the fixed names inside the entry (no paths, no symlinks), and both the record and the artifact
+    hash to what was recorded when the entry was written. The artifact is copied to ``copy_to`` and the
+    copy is what is verified (and used), so a concurrent writer cannot swap it afterwards."""
     meta = entry / "candidate.json"
-    if not meta.is_file():
-        return None
+    if not meta.exists() and not meta.is_symlink():
+        return None, ""
     try:
-        raw = json.loads(meta.read_text())
-        cand = Candidate(**raw)
-    except (ValueError, TypeError):
-        return None
-    if cand.artifact and not (entry / cand.artifact).exists():
-        return None
-    return cand
+        if meta.is_symlink() or not meta.is_file() or meta.stat().st_size > CACHE_RECORD_MAX:
+            return None, "its record is not a regular file of sane size"
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"its record is unreadable ({type(exc).__name__})"
+    if not isinstance(doc, dict) or not isinstance(doc.get("candidate"), dict) or not isinstance(doc.get("verify"),
+                                                                                                    dict):
+        return None, "its record has the wrong layout"
+    raw, verify = doc["candidate"], doc["verify"]
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Candidate)}
+    if set(raw) != set(fields):
+        return None, "its record has the wrong fields"
+    for name, annotation in fields.items():
+        value = raw[name]
+        kinds = _FIELD_TYPES.get(annotation, (object,))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return None, f"its field {name!r} has the wrong type"
+    if verify.get("record_sha256") != _record_digest(raw):
+        return None, "its record does not match its checksum"
+    cand = Candidate(**raw)
+    if cand.artifact:
+        if cand.artifact not in ARTIFACT_NAMES:
+            return None, f"it names an artifact outside the entry ({cand.artifact!r})"
+        path = entry / cand.artifact
+        if not path.exists() or not _no_symlinks(path):
+            return None, "its artifact is missing or a symbolic link"
+        if not Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(entry))):
+            return None, "its artifact lies outside the entry"
+        try:
+            if copy_to.exists():
+                shutil.rmtree(copy_to) if copy_to.is_dir() else copy_to.unlink()
+            if path.is_dir():
+                shutil.copytree(path, copy_to, symlinks=True)
+            else:
+                shutil.copyfile(path, copy_to, follow_symlinks=False)
+            if not _no_symlinks(copy_to):
+                return None, "its artifact contains a symbolic link"
+            digest = content_hash(copy_to)
+        except OSError:
+            return None, "its artifact is unreadable"
+        if digest != verify.get("artifact_sha256"):
+            return None, "its artifact does not match the recorded sha256 (truncated or changed)"
+        if copy_to.is_file() and copy_to.stat().st_size != cand.flash_bytes:
+            return None, "its artifact's size differs from the recorded flash bytes"
+    return cand, ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _store_cached(entry: Path, cand: Candidate, artifact: Path | None) -> None:
     tmp = entry.with_name(entry.name + f".tmp-{os.getpid()}")
     try:
+        for stale in entry.parent.glob(f"{entry.name}.tmp-*") if entry.parent.is_dir() else ():
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        verify: dict[str, str] = {}
         if artifact is not None and cand.artifact:
             if artifact.is_dir():
                 shutil.copytree(artifact, tmp / cand.artifact)
             else:
                 shutil.copyfile(artifact, tmp / cand.artifact)
-        (tmp / "candidate.json").write_text(json.dumps(asdict(cand), indent=1))
-        if entry.exists():
-            shutil.rmtree(entry)
+            verify["artifact_sha256"] = content_hash(tmp / cand.artifact)
+        raw = asdict(cand)
+        verify["record_sha256"] = _record_digest(raw)
+        (tmp / "candidate.json").write_text(json.dumps({"candidate": raw, "verify": verify}, indent=1))
+        if entry.exists() or entry.is_symlink():
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink()
+            else:
+                shutil.rmtree(entry)
         tmp.rename(entry)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # a cache that cannot be written is not an error
@@ -592,30 +688,21 @@ def _store_cached(entry: Path, cand: Candidate, artifact: Path | None) -> None:
 # ------------------------------------------------------------------ output
 
 
-def _write_output(result: FitResult, artifacts: dict[str, Path], out: Path, profile: TargetProfile) -> None:
+def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Output, profile: TargetProfile) -> None:
     from edgekit.report.fit_report import render_markdown, render_plot
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        chosen = result.winner or result.closest
-        if chosen is not None and chosen.name in artifacts:
-            src = artifacts[chosen.name]
-            stem = "model" if result.winner else "closest"
-            suffix = ".mlpackage" if src.suffix == ".mlpackage" or src.is_dir() else ".tflite"
-            dst = tmp / f"{stem}{suffix}"
-            if src.is_dir():
-                shutil.copytree(src, dst)
-            else:
-                shutil.copyfile(src, dst)
-            result.artifact_path = out / dst.name
-        has_plot = render_plot(result, tmp / "candidates.svg")
-        (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
-        (tmp / "report.md").write_text(render_markdown(result, profile, has_plot))
-        from edgekit.codegen.render import publish
-
-        publish(tmp, out)
-        result.out_dir = out
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    chosen = result.winner or result.closest
+    if chosen is not None and chosen.name in artifacts:
+        src = artifacts[chosen.name]
+        stem = "model" if result.winner else "closest"
+        suffix = ".mlpackage" if src.suffix == ".mlpackage" or src.is_dir() else ".tflite"
+        out.write(f"{stem}{suffix}", src)
+        result.artifact_path = out.out / f"{stem}{suffix}"
+    plot = render_plot(result)
+    if plot is not None:
+        out.write("candidates.svg", plot)
+    has_plot = plot is not None
+    out.write("report.json", json.dumps(result.to_dict(), indent=2))
+    out.write("report.md", render_markdown(result, profile, has_plot))
+    out.publish()
+    result.out_dir = out.out

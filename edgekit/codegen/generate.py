@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgekit import options
+from edgekit import options, output
 from edgekit.analysis import compat
 from edgekit.analysis.graph import Graph, Tensor, read_graph
 from edgekit.codegen import render
@@ -160,13 +160,14 @@ def codegen(model: str | os.PathLike[str], target: str | TargetProfile, out_dir:
             name: str | None = None, section: str | None = None, labels: str | None = None,
             allow_over_budget: bool = False, force: bool = False) -> CodegenResult:
     check_section(section)
-    out = Path(out_dir)
-    render.check_output(out, force)
-    data, graph, profile, arena = prepare(model, target, allow_over_budget)
-    label_list = read_labels(labels, graph)
-    ctx = codegen_context(data, graph, profile, name or Path(model).stem, Path(model).name, section,
-                          label_list, arena)
-    files = render.render_kind("codegen", ctx)
-    render.write_tree(out, files, force)
-    return CodegenResult(out_dir=out, files=sorted(files), name=ctx["name"], arena_bytes=ctx["arena_bytes"],
+    with output.Output(out_dir, force, inputs=[model, labels], command="codegen") as out:
+        data, graph, profile, arena = prepare(model, target, allow_over_budget)
+        label_list = read_labels(labels, graph)
+        ctx = codegen_context(data, graph, profile, name or Path(model).stem, Path(model).name, section,
+                              label_list, arena)
+        files = render.render_kind("codegen", ctx)
+        for rel, text in files.items():
+            out.write(rel, text)
+        out.publish()
+    return CodegenResult(out_dir=Path(out_dir), files=sorted(files), name=ctx["name"], arena_bytes=ctx["arena_bytes"],
                          arena_measured=arena, ops=graph.ops, size=len(data))

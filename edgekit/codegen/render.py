@@ -8,17 +8,15 @@ empty string in generated code.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from edgekit import _paths
-from edgekit.errors import GenerationError, OutputExistsError
+from edgekit import _paths, output
+from edgekit.errors import GenerationError
 
 
 @lru_cache(maxsize=1)
@@ -57,41 +55,19 @@ def render_kind(kind: str, context: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def check_output(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExistsError(f"output directory {out} exists and is not empty",
-                                "pass --force to replace it, or choose another -o")
+def check_output(out: str | os.PathLike[str], force: bool,
+                 inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
+    """Refuse an output path before any work starts (see :mod:`edgekit.output` for the rules)."""
+    output.check_path(out, force, inputs)
 
 
-def write_tree(out: Path, files: Mapping[str, str | bytes | Path], force: bool) -> None:
-    """Write ``files`` (relative path -> text, bytes, or a directory to copy) atomically into ``out``."""
-    check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+def write_tree(out: str | os.PathLike[str], files: Mapping[str, str | bytes | Path], force: bool,
+               inputs: Iterable[str | os.PathLike[str] | None] = (), command: str = "") -> None:
+    """Write ``files`` (relative path -> text, bytes, or a file/directory to copy) atomically into ``out``."""
+    with output.Output(out, force, inputs, command=command,
+                       expected_bytes=sum(len(c) for c in files.values() if not isinstance(c, Path))) as o:
         for rel, content in files.items():
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copytree(content, dst) if content.is_dir() else shutil.copyfile(content, dst)
-            elif isinstance(content, bytes):
-                dst.write_bytes(content)
-            else:
-                dst.write_text(content)
+            dst = o.write(rel, content)
             if rel.endswith((".sh", "gradlew")):
-                dst.chmod(0o755)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Rename a finished temporary directory into place; an old ``out`` is replaced only now."""
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-    tmp.rename(out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+                dst.chmod(0o755 & ~output._umask())
+        o.publish()

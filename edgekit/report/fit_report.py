@@ -98,15 +98,15 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
 
-def render_plot(r: FitResult, path: Path) -> bool:
-    """Flash vs metric of every evaluated candidate, as an SVG rendered from a template."""
+def render_plot(r: FitResult) -> str | None:
+    """Flash vs metric of every evaluated candidate, as an SVG rendered from a template (None: no points)."""
     import html
 
     import jinja2
 
     points = [c for c in r.candidates if c.metric is not None and c.flash_bytes]
     if not points:
-        return False
+        return None
     width, height, left, right, top, bottom = 640, 400, 70, 610, 30, 350
     xs = [c.flash_bytes / 1024 for c in points]
     ys = [float(c.metric) for c in points if c.metric is not None] + [r.baseline]
@@ -134,5 +134,4 @@ def render_plot(r: FitResult, path: Path) -> bool:
                  "color": "#2a9d2a" if r.winner and c.name == r.winner.name else (
                      "#1f77b4" if c.eligible else "#d62728")} for c in points],
     )
-    path.write_text(svg)
-    return True
+    return str(svg)

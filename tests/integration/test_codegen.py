@@ -177,8 +177,14 @@ def test_existing_output_refused_and_forced(models: dict[str, Path], tmp_path: P
     (out / "mine.c").write_text("int x;")
     proc = run_cli("codegen", str(models["int8"]), "-t", "cortex-m4", "-o", str(out))
     assert proc.returncode == 2 and "--force" in proc.stderr and (out / "mine.c").exists()
+    # --force replaces only what edgekit wrote: never the user's own file
+    proc = run_cli("codegen", str(models["int8"]), "-t", "cortex-m4", "-o", str(out), "--force")
+    assert proc.returncode == 2 and "mine.c" in proc.stderr and (out / "mine.c").read_text() == "int x;"
+    (out / "mine.c").unlink()
+    assert run_cli("codegen", str(models["int8"]), "-t", "cortex-m4", "-o", str(out)).returncode == 0
+    first = (out / "model_data.cc").stat().st_ino
     assert run_cli("codegen", str(models["int8"]), "-t", "cortex-m4", "-o", str(out), "--force").returncode == 0
-    assert not (out / "mine.c").exists() and (out / "model_data.cc").exists()
+    assert (out / "model_data.cc").stat().st_ino != first  # replaced by the new run's file
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
 
 

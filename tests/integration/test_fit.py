@@ -217,6 +217,11 @@ def test_existing_output_refused_then_forced(digits: dict[str, Path], tmp_path: 
     proc = _fit(digits, "android-arm64-cpu", out, cache)
     assert proc.returncode == 2 and "exists" in proc.stderr and "--force" in proc.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    proc = _fit(digits, "android-arm64-cpu", out, cache, "--force")
-    assert proc.returncode == 0 and not (out / "keep.txt").exists() and (out / "report.json").is_file()
+    proc = _fit(digits, "android-arm64-cpu", out, cache, "--force")  # not edgekit's directory: refused
+    assert proc.returncode == 2 and "keep.txt" in proc.stderr and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    proc = _fit(digits, "android-arm64-cpu", out, cache, "--candidates", "int8")
+    assert proc.returncode == 0 and json.loads((out / "report.json").read_text())["winner"] == "int8"
+    proc = _fit(digits, "android-arm64-cpu", out, cache, "--candidates", "float16", "--force")
+    assert proc.returncode == 0 and json.loads((out / "report.json").read_text())["winner"] == "float16"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left behind

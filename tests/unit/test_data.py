@@ -38,7 +38,7 @@ def test_npz_and_npy(tmp_path: Path) -> None:
     (lambda p: np.save(p / "d.npy", np.zeros((2, 5, 4, 1))), "shape (2, 5, 4, 1)"),
     (lambda p: np.save(p / "d.npy", np.full((2, 4, 4, 1), np.inf)), "NaN or Inf"),
     (lambda p: np.save(p / "d.npy", np.array([["a"] * 4] * 4)), "must be numeric"),
-    (lambda p: (p / "d.npy").write_bytes(b"garbage"), "cannot read"),
+    (lambda p: (p / "d.npy").write_bytes(b"garbage"), "is not a NumPy file"),
     (lambda p: (p / "d.csv").write_text("1,2"), "unsupported data format"),
 ])
 def test_bad_data_is_one_clear_error(tmp_path: Path, make, needle: str) -> None:  # type: ignore[no-untyped-def]
