@@ -55,7 +55,7 @@ def main() -> None:
     from edgekit._tf import keras, quiet_native, tf
     from edgekit.demo import train_digits_cnn
     from edgekit.evaluate import host_latency_ms
-    from edgekit.fit import fit
+    from edgekit.fitting import fit
 
     model, (xtr, _, xte, yte) = train_digits_cnn()
     with tempfile.TemporaryDirectory() as tmp:

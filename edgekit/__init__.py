@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from edgekit.bench.runner import bench
     from edgekit.codegen.generate import codegen
     from edgekit.codegen.scaffold import scaffold
-    from edgekit.fit import fit
+    from edgekit.fitting import fit
     from edgekit.profiles import TargetProfile, list_targets, load_profile
 
 _LAZY = {
@@ -35,7 +35,7 @@ _LAZY = {
     "load_profile": "edgekit.profiles",
     "list_targets": "edgekit.profiles",
     "TargetProfile": "edgekit.profiles",
-    "fit": "edgekit.fit",
+    "fit": "edgekit.fitting",
     "codegen": "edgekit.codegen.generate",
     "scaffold": "edgekit.codegen.scaffold",
     "bench": "edgekit.bench.runner",

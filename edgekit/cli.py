@@ -206,7 +206,7 @@ def _candidates(text: str | None) -> list[str] | None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from edgekit.fit import fit
+    from edgekit.fitting import fit
 
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output,

@@ -64,7 +64,7 @@ def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None
              as_json: bool = False) -> int:
     """Train the digits CNN, fit it to each target, print one table. Exit 0 when all fit."""
     from edgekit import output
-    from edgekit.fit import fit
+    from edgekit.fitting import fit
     from edgekit.profiles import load_profile
     from edgekit.report.text import human_bytes, table
 

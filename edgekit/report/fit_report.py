@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from edgekit.report.text import human_bytes, table
 
 if TYPE_CHECKING:
-    from edgekit.fit import Candidate, FitResult
+    from edgekit.fitting.types import Candidate, FitResult
     from edgekit.profiles import TargetProfile
 
 

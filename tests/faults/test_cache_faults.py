@@ -45,7 +45,7 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
 
 def test_damaged_cache_entries_are_rebuilt_not_delivered(faults: FaultRunner, models: dict[str, Path],
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.fit import fit
+    from edgekit.fitting import fit
 
     args = ["fit", str(models["keras"]), "-t", "cortex-m4", "--eval", str(models["calib"]), "--candidates", "int8"]
     first = faults.run(*args, "-o", str(tmp_path / "first"))

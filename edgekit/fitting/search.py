@@ -1,0 +1,282 @@
+"""`fit`: the smallest/fastest deployable artifact that meets every budget of a target while
+losing at most the allowed accuracy, measured on the artifact itself.
+
+The search walks a ladder of candidates from least to most aggressive. Every
+candidate is built, measured (flash, RAM, operators, data types) and evaluated
+the way it will run (LiteRT, the TFLM host interpreter, or - for Core ML on
+Linux - the same weight compression applied to the source model). Candidates
+are cached by content hash, so a re-run with the same inputs does no work twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import data as data_mod
+from edgekit import intake, options, output
+from edgekit._hashing import content_hash
+from edgekit.analysis.graph import read_graph
+from edgekit.errors import DataError, EdgekitError, StageError
+from edgekit.evaluate import Metric, get_metric, run_litert
+from edgekit.fitting import cache
+from edgekit.fitting.build import build_coreml, build_tflite, coreml_predicts, keras_outputs
+from edgekit.fitting.ladder import ladder
+from edgekit.fitting.select import closest, select
+from edgekit.fitting.types import GOALS, Candidate, FitResult, Rung
+from edgekit.profiles import TargetProfile, load_profile
+
+
+def check_labels(y: np.ndarray | None, out_shape: tuple[int, ...], metric: Metric, where: str) -> None:
+    if y is None:
+        raise DataError(f"{where} has no labels (array 'y')", "save eval data with np.savez(path, x=..., y=...)")
+    y = np.asarray(y)
+    if y.dtype.kind not in "fiub":
+        raise DataError(f"{where}: labels have dtype {y.dtype} (must be numeric)")
+    if not np.all(np.isfinite(y.astype(np.float64))):
+        raise DataError(f"{where}: labels contain NaN or Inf")
+    per_sample = tuple(out_shape[1:])
+    if metric.name == "top1":
+        classes = int(np.prod(per_sample)) if per_sample else 1
+        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+            labels = y.reshape(-1)
+            if np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= classes:
+                raise DataError(
+                    f"{where}: class labels must be integers in [0, {classes}) for this model's "
+                    f"{classes} outputs (found {labels.min()}..{labels.max()})")
+        elif tuple(y.shape[1:]) != per_sample:
+            raise DataError(f"{where}: labels have shape {y.shape[1:]} per sample but the model outputs "
+                            f"{per_sample}", "give class indices or one-hot rows")
+        if len(y) < classes:
+            raise DataError(f"{where}: {len(y)} evaluation samples for {classes} classes",
+                            "the eval set needs at least one sample per class")
+    elif metric.name in ("mse", "mae") and tuple(y.shape[1:]) != per_sample and \
+            int(np.prod(y.shape[1:])) != int(np.prod(per_sample)):
+        raise DataError(f"{where}: targets have shape {y.shape[1:]} per sample but the model outputs {per_sample}")
+
+
+# ------------------------------------------------------------------ the search
+
+
+class _Progress:
+    def __init__(self, total: int, label: str, quiet: bool) -> None:
+        self.total, self.label, self.quiet = total, label, quiet
+        self.tty = sys.stderr.isatty()
+
+    def show(self, i: int, text: str) -> None:
+        if self.quiet:
+            return
+        width = 20
+        done = int(width * i / max(self.total, 1))
+        line = f"[{'#' * done}{'.' * (width - done)}] {i}/{self.total} {self.label}: {text}"
+        if self.tty:
+            print("\r" + line.ljust(100)[:140], end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr, flush=True)
+
+
+def fit(
+    model: str | os.PathLike[str],
+    target: str | TargetProfile,
+    eval_data: str,
+    calib: str | None = None,
+    max_drop: float = 1.0,
+    metric: str = "top1",
+    goal: str | None = None,
+    level: int = 1,
+    out_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    use_cache: bool = True,
+    quiet: bool = False,
+    only: list[str] | None = None,
+) -> FitResult:
+    t_start = time.perf_counter()
+    if not np.isfinite(max_drop) or max_drop < 0:
+        raise DataError(f"--max-drop {max_drop} is invalid (must be a number >= 0)")
+    profile = target if isinstance(target, TargetProfile) else load_profile(target)
+    goal = goal or ("latency" if profile.runtime == "litert" else "size")
+    if goal not in GOALS:
+        raise DataError(f"--optimize {goal!r} is invalid (must be one of {', '.join(GOALS)})")
+    rungs = ladder(profile, level)
+    if only:
+        known = [r.name for r in rungs]
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise DataError(f"--candidates {','.join(unknown)} is not on the {profile.name} ladder",
+                            "choose from " + ", ".join(known))
+        rungs = [r for r in rungs if r.name in only]
+    met = get_metric(metric)
+    model_path = Path(model)
+    if model_path.suffix.lower() == ".tflite" and model_path.is_file():
+        if profile.runtime == "coreml":
+            raise StageError(f"target {profile.name} runs Core ML, which cannot take a .tflite file ({model_path})",
+                             "pass the source model (.keras, .h5, SavedModel or .onnx)")
+        raise StageError(f"{model_path} is already a .tflite file: fit needs the float source model to "
+                         "quantize", "pass the .keras, .h5, SavedModel or .onnx it came from")
+    out: output.Output | None = None
+    if out_dir is not None:  # checked, locked and staged before any work starts
+        size = model_path.stat().st_size if model_path.is_file() else 0
+        out = output.Output(out_dir, force, inputs=[model, eval_data, calib], command="fit",
+                            expected_bytes=2 * size).open()
+    try:
+        art = intake.load(model_path)
+        try:
+            return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start)
+        finally:
+            art.cleanup()
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
+         max_drop: float, met: Metric, goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
+         t_start: float) -> FitResult:
+
+    from edgekit.evaluate import TflmWorker
+
+    worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
+    try:
+        return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, met, goal, out, use_cache, quiet,
+                          t_start, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
+               calib_path: str | None, max_drop: float, met: Metric, goal: str, out: output.Output | None,
+               use_cache: bool,
+               quiet: bool, t_start: float, worker: Any) -> FitResult:
+    from edgekit.stages import quantize
+
+    notes: list[str] = list(art.notes)
+    shape = quantize.input_shape(art)
+    ev = data_mod.load(eval_path, shape)
+    if art.keras_model is not None:
+        float_tfl: bytes | None = None  # converted only if a rung needs it
+        out_shape = (1, *(int(d or 1) for d in art.keras_model.outputs[0].shape[1:]))
+    else:
+        float_tfl = quantize.convert(art, "float32")
+        out_shape = read_graph(float_tfl).output_tensors()[0].shape
+    check_labels(ev.y, out_shape, met, ev.source)
+    assert ev.y is not None
+    if calib_path:
+        cal = data_mod.load(calib_path, shape)
+        calib_label = f"{cal.source} ({len(cal)} samples)"
+    else:
+        n = min(len(ev), int(options.CALIB_MAX_SAMPLES.value))
+        cal = data_mod.Dataset(ev.x[:n], None, f"first {n} eval samples")
+        calib_label = f"first {n} samples of the eval data (no --calib given)"
+        notes.append("calibrated on eval samples: pass --calib with separate data for an unbiased figure")
+    if art.keras_model is not None:
+        baseline = met(ev.y, keras_outputs(art.keras_model, ev.x))
+        baseline_on = "the source Keras model (float32, TensorFlow)"
+    else:
+        assert float_tfl is not None
+        baseline = met(ev.y, run_litert(float_tfl, ev.x))
+        baseline_on = "the float32 .tflite (LiteRT)"
+    notes.append(f"baseline measured on {baseline_on}")
+    key_base = {
+        "v": cache.CACHE_VERSION, "model": content_hash(art.source), "target": json.dumps(dict(profile.values),
+                                                                                     sort_keys=True, default=str),
+        "calib": cache.array_hash(cal.x), "eval": cache.array_hash(ev.x, ev.y), "metric": met.name,
+        "seed": options.SEED.value, "code": cache.code_hash(),
+    }
+    progress = _Progress(len(rungs), profile.name, quiet)
+    candidates: list[Candidate] = []
+    artifacts: dict[str, Path] = {}
+    coreml_base: Path | None = None
+    work = tempfile.TemporaryDirectory(prefix="edgekit-fit-")
+    try:
+        for i, rung in enumerate(rungs):
+            progress.show(i, f"{rung.name} ...")
+            key = hashlib.sha256(json.dumps({**key_base, "rung": asdict(rung)}, sort_keys=True).encode()).hexdigest()
+            entry = cache.cache_dir() / key[:2] / key
+            cached_copy = Path(work.name) / f"cached-{rung.name}{'.mlpackage' if rung.stage == 'coreml' else '.tflite'}"
+            cand, problem = cache.load_cached(entry, cached_copy) if use_cache else (None, "")
+            if problem:
+                notes.append(f"cache entry for {rung.name} was not used ({problem}): rebuilt")
+            if cand is None:
+                t0 = time.perf_counter()
+                cand = Candidate(rung.name, rung.stage, rung.mode, rung.value)
+                try:
+                    if rung.stage == "coreml":
+                        if coreml_base is None:
+                            from edgekit.stages import coreml
+
+                            coreml_base = coreml.convert(art, profile, Path(work.name) / "base.mlpackage")
+                        path = build_coreml(art, profile, rung, coreml_base, Path(work.name), cand, ev, met)
+                    else:
+                        path = build_tflite(art, profile, rung, cal, ev, met, Path(work.name), cand, worker)
+                    cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
+                    cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
+                except EdgekitError as exc:
+                    cand.error = str(exc)
+                    path = None
+                cand.seconds = round(time.perf_counter() - t0, 3)
+                if use_cache:
+                    cache.store_cached(entry, cand, path)
+                if path is not None:
+                    artifacts[rung.name] = path
+            else:
+                cand.cached = True
+                cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
+                cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
+                if cand.artifact:
+                    artifacts[rung.name] = cached_copy
+            candidates.append(cand)
+            status = cand.error[:60] if cand.error else (
+                f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
+            progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
+        progress.close()
+        winner = select(candidates, goal)
+        nearest = winner or closest(candidates)
+        if profile.runtime == "coreml":
+            notes.append("Core ML accuracy on Linux: the same weight compression applied to the source model and "
+                         "evaluated with TensorFlow (Core ML cannot run predictions off macOS)"
+                         if not coreml_predicts() else "Core ML accuracy: the .mlpackage itself, run by Core ML")
+        result = FitResult(
+            model=str(art.source), target=profile.name, metric=met.name, max_drop=max_drop, goal=goal,
+            baseline=baseline, candidates=candidates, winner=winner, closest=nearest, notes=notes,
+            calibration=calib_label, eval_source=ev.source, eval_samples=len(ev),
+        )
+        result.seconds = time.perf_counter() - t_start
+        if out is not None:
+            _write_output(result, artifacts, out, profile)
+        return result
+    finally:
+        work.cleanup()
+
+
+def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Output, profile: TargetProfile) -> None:
+    from edgekit.report.fit_report import render_markdown, render_plot
+
+    chosen = result.winner or result.closest
+    if chosen is not None and chosen.name in artifacts:
+        src = artifacts[chosen.name]
+        stem = "model" if result.winner else "closest"
+        suffix = ".mlpackage" if src.suffix == ".mlpackage" or src.is_dir() else ".tflite"
+        out.write(f"{stem}{suffix}", src)
+        result.artifact_path = out.out / f"{stem}{suffix}"
+    plot = render_plot(result)
+    if plot is not None:
+        out.write("candidates.svg", plot)
+    has_plot = plot is not None
+    out.write("report.json", json.dumps(result.to_dict(), indent=2))
+    out.write("report.md", render_markdown(result, profile, has_plot))
+    out.publish()
+    result.out_dir = out.out
