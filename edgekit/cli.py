@@ -7,6 +7,7 @@ Nothing heavy is imported at start-up: TensorFlow, coremltools and onnx2tf load 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -352,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"edgekit: error: {exc}", file=sys.stderr)
+        _json_error(args, exc.message, exc.hint, exc.exit_code)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and the like
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -369,7 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = " ".join(str(exc).split())[:300]
         print(f"edgekit: internal error: {type(exc).__name__}: {text} (rerun with --debug and report it)",
               file=sys.stderr)
+        _json_error(args, f"internal error: {type(exc).__name__}: {text}", "rerun with --debug and report it",
+                    EXIT_ERROR)
         return EXIT_ERROR
+
+
+def _json_error(args: argparse.Namespace, message: str, hint: str | None, code: int) -> None:
+    """With --json, an error is also one JSON object on stdout, so a CI parser never reads an empty stdout."""
+    if getattr(args, "json", False):
+        with contextlib.suppress(OSError):
+            print(json.dumps({"error": message, "hint": hint, "exit_code": code}), flush=True)
 
 
 if __name__ == "__main__":

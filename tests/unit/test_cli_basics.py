@@ -139,3 +139,15 @@ def test_public_api_resolves_lazily() -> None:
             "print(names, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] False"
+
+
+def test_json_errors_are_one_object_on_stdout(tmp_path: Path) -> None:
+    for args in (["analyze", str(tmp_path / "none.tflite"), "-t", "cortex-m4", "--json"],
+                 ["check", str(tmp_path / "none.tflite"), "-t", "nosuch-target", "--json"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2
+        doc = json.loads(proc.stdout)  # exactly one JSON document, nothing else on stdout
+        assert set(doc) == {"error", "hint", "exit_code"} and doc["exit_code"] == 2 and doc["error"]
+        assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [f"edgekit: error: {doc['error']}"
+                                                                          + (f" (hint: {doc['hint']})"
+                                                                             if doc["hint"] else "")]
