@@ -16,9 +16,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 
-with quiet_native():
-    import keras
-    import tensorflow as tf
+try:
+    with quiet_native():
+        import keras
+        import tensorflow as tf
+except ImportError as exc:
+    from edgekit._extras import missing
+
+    raise missing(exc.name or "tensorflow", "converting .keras, .h5, SavedModel and .onnx models") from None
 
 tf.get_logger().setLevel("ERROR")
 

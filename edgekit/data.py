@@ -157,7 +157,9 @@ def check_inputs(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.
 
 
 def _load_images(folder: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    from PIL import Image
+    from edgekit._extras import require
+
+    Image = require("PIL.Image", "reading image folders")
 
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXT and f.is_file())
     if not files:

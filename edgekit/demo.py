@@ -16,7 +16,9 @@ from edgekit import options
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Digits as (N, 8, 8, 1) float32 in [0, 1]; a fixed 80/20 train/test split."""
-    from sklearn.datasets import load_digits
+    from edgekit._extras import require
+
+    load_digits = require("sklearn.datasets", "the demo's digits data set").load_digits
 
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0)[..., None]

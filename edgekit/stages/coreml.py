@@ -37,9 +37,10 @@ def can_predict() -> bool:
 
 def _ct() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from edgekit._extras import require
+
     with quiet_native((1, 2)):
-        import coremltools as ct
-    return ct
+        return require("coremltools", "Core ML conversion")
 
 
 def convert(art: Artifact, profile: TargetProfile, out: Path) -> Path:
