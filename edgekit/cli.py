@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--metric", default="top1", help="top1 (default), mse, mae, or module:function")
     f.add_argument("--optimize", choices=["size", "latency", "ram"],
                    help="what the winner minimizes (default: latency for phones, size otherwise)")
+    f.add_argument("--latency", choices=["model", "host"], default="model",
+                   help="latency figure to rank by: model = deterministic per-runtime cost model (default, the "
+                        "same artifact every run); host = LiteRT timed on this host (CPU phone targets only)")
     f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
     f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder)")
     f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
@@ -210,7 +213,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from edgekit.fitting import fit
 
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
-                 metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output,
+                 metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output, latency=args.latency,
                  force=args.force, use_cache=not args.no_cache, quiet=args.json,
                  only=_candidates(args.candidates))
     if args.json:

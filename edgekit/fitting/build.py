@@ -3,6 +3,10 @@ types, accuracy on the artifact itself, and a latency figure."""
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +14,85 @@ import numpy as np
 
 from edgekit import data as data_mod
 from edgekit import intake
-from edgekit.analysis import compat
+from edgekit.analysis import compat, cost
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import StageError
-from edgekit.evaluate import Metric, host_latency_ms, run_litert
+from edgekit.evaluate import Metric, run_litert
 from edgekit.fitting.types import Candidate, Rung
 from edgekit.profiles import TargetProfile
 
-# cycles per MAC by arithmetic, for the TFLM latency estimate (CMSIS-NN int8 on a DSP core,
-# reference int16x8, FPU float32, soft float). An estimate for ranking, labelled as such.
-CYCLES_PER_MAC = {"int8": 1.0, "int16x8": 3.0, "float32": 4.0, "float32-soft": 40.0}
+LATENCY_SOURCES = ("model", "host")
+HOST_ROUND = 20  # invokes per timing round
+HOST_MAX_ROUNDS = 15
+HOST_STABLE = 0.02  # stop when the round medians' standard error is under 2% of their median
+
+
+@dataclass
+class Job:
+    """What every candidate of one search is built and measured with."""
+
+    art: intake.Artifact
+    profile: TargetProfile
+    cal: data_mod.Dataset
+    ev: data_mod.Dataset
+    met: Metric
+    work: Path
+    worker: Any = None
+    latency: str = "model"  # model: the deterministic cost model; host: LiteRT timed on this host (opt-in)
+    coreml_base: Path | None = None
+
+    @property
+    def host_timing(self) -> bool:
+        """Host timing only where the target computes on a CPU like this host's (never a GPU or ANE)."""
+        return (self.latency == "host" and self.profile.runtime == "litert"
+                and self.profile.delegate != "gpu")
+
+
+def host_latency(model: bytes, x: np.ndarray, threads: int) -> tuple[float, float, int]:
+    """LiteRT on this host: (median ms, noise as the relative spread of round medians, threads used).
+
+    No more threads than this host has cores; rounds of HOST_ROUND invokes repeat until the round
+    medians agree within HOST_STABLE (or HOST_MAX_ROUNDS), so the figure is as stable as the host lets it be."""
+    from edgekit._quiet import quiet_native
+    from edgekit.evaluate import _interpreter_class, _quantize
+
+    threads = max(1, min(threads, os.cpu_count() or 1))
+    with quiet_native():
+        interp = _interpreter_class()(model_content=model, num_threads=threads)
+        interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    scale, zp = inp["quantization"]
+    interp.set_tensor(inp["index"], _quantize(x[:1].reshape(inp["shape"]), inp["dtype"], scale, zp))
+    for _ in range(5):
+        interp.invoke()
+    medians: list[float] = []
+    for _ in range(HOST_MAX_ROUNDS):
+        times = []
+        for _ in range(HOST_ROUND):
+            t0 = time.perf_counter()
+            interp.invoke()
+            times.append(time.perf_counter() - t0)
+        medians.append(statistics.median(times) * 1000)
+        if len(medians) >= 3:
+            mid = statistics.median(medians)
+            sem = statistics.stdev(medians) / len(medians) ** 0.5
+            if mid > 0 and sem / mid < HOST_STABLE:
+                break
+    mid = statistics.median(medians)
+    spread = (max(medians) - min(medians)) / mid if mid > 0 else 0.0
+    return mid, spread, threads
+
+
+def _latency(job: Job, cand: Candidate, graph: Any, tfl: bytes | None) -> None:
+    if job.host_timing and tfl is not None:
+        ms, noise, threads = host_latency(tfl, job.ev.x, job.profile.threads)
+        cand.latency_ms = ms
+        cand.latency_kind = (f"host CPU timing, LiteRT, {threads} threads, noise +-{noise * 100:.0f}% "
+                             "(a proxy, not the phone)")
+        return
+    est = cost.estimate(graph, job.profile, cand.mode)
+    if est is not None:
+        cand.latency_ms, cand.latency_kind = est.ms, est.kind
 
 
 def keras_outputs(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -49,9 +122,10 @@ def _budgets(cand: Candidate, profile: TargetProfile, graph: Any | None) -> None
     cand.fits = all(b.fits for b in budgets)
 
 
-def build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal: data_mod.Dataset,
-                  ev: data_mod.Dataset, met: Metric, work: Path, cand: Candidate, worker: Any = None) -> Path:
+def build_tflite(job: Job, rung: Rung, cand: Candidate) -> Path:
     from edgekit.stages import quantize
+
+    art, profile, cal, ev, met, work, worker = job.art, job.profile, job.cal, job.ev, job.met, job.work, job.worker
 
     assert ev.y is not None
     tfl = quantize.convert(art, rung.mode, cal, profile.io_dtype)
@@ -72,17 +146,12 @@ def build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal: 
         else:
             cand.ram_bytes, cand.ram_kind = graph.peak_activation_bytes(), "peak-activation"
             cand.evaluated_on = "not evaluated: TFLM lacks " + ", ".join(compat.unsupported_ops(graph, profile))
-        arith = rung.mode if rung.mode != "float32" else ("float32" if profile.fpu else "float32-soft")
-        if profile.clock_hz:
-            cand.latency_ms = graph.macs * CYCLES_PER_MAC.get(arith, 4.0) / profile.clock_hz * 1000
-            cand.latency_kind = f"estimate: MACs x {CYCLES_PER_MAC.get(arith, 4.0)} cycles / {profile.clock_hz} Hz"
     else:
         graph = read_graph(tfl)
         cand.ram_bytes, cand.ram_kind = graph.peak_activation_bytes(), "peak-activation"
         cand.metric = met(ev.y, run_litert(tfl, ev.x))
         cand.evaluated_on = "LiteRT (ai-edge-litert) on the host CPU"
-        cand.latency_ms = host_latency_ms(tfl, ev.x, profile.threads)
-        cand.latency_kind = f"host CPU, LiteRT, {profile.threads} threads (a proxy, not the phone)"
+    _latency(job, cand, graph, tfl)
     cand.flash_bytes = len(tfl)
     _budgets(cand, profile, graph)
     path = work / f"{rung.name}.tflite"
@@ -91,9 +160,13 @@ def build_tflite(art: intake.Artifact, profile: TargetProfile, rung: Rung, cal: 
     return path
 
 
-def build_coreml(art: intake.Artifact, profile: TargetProfile, rung: Rung, base: Path, work: Path,
-                  cand: Candidate, ev: data_mod.Dataset, met: Metric) -> Path:
+def build_coreml(job: Job, rung: Rung, cand: Candidate) -> Path:
     from edgekit.stages import coreml
+
+    art, profile, ev, met, work = job.art, job.profile, job.ev, job.met, job.work
+    if job.coreml_base is None:
+        job.coreml_base = coreml.convert(art, profile, work / "base.mlpackage")
+    base = job.coreml_base
 
     assert ev.y is not None
     path = base if rung.mode == "none" else coreml.compress(base, rung.mode, rung.value,
@@ -102,6 +175,7 @@ def build_coreml(art: intake.Artifact, profile: TargetProfile, rung: Rung, base:
     from edgekit.stages import quantize
 
     graph = read_graph(quantize.convert(art, "float32"))
+    _latency(job, cand, graph, None)
     cand.ram_bytes = graph.peak_activation_bytes() // (2 if profile.compute_precision == "fp16" else 1)
     cand.ram_kind = "peak-activation (fp16)"
     if coreml.can_predict():  # pragma: no cover - macOS only

@@ -29,7 +29,7 @@ from edgekit.analysis.graph import read_graph
 from edgekit.errors import DataError, EdgekitError, StageError
 from edgekit.evaluate import Metric, get_metric, run_litert
 from edgekit.fitting import cache
-from edgekit.fitting.build import build_coreml, build_tflite, coreml_predicts, keras_outputs
+from edgekit.fitting.build import LATENCY_SOURCES, Job, build_coreml, build_tflite, coreml_predicts, keras_outputs
 from edgekit.fitting.ladder import ladder
 from edgekit.fitting.select import closest, select
 from edgekit.fitting.types import GOALS, Candidate, FitResult, Rung
@@ -102,12 +102,18 @@ def fit(
     use_cache: bool = True,
     quiet: bool = False,
     only: list[str] | None = None,
+    latency: str = "model",
 ) -> FitResult:
+    """Fit ``model`` to ``target``; ``latency`` is what phone candidates are ranked by: ``model`` (the
+    deterministic cost model of :mod:`edgekit.analysis.cost`, the default) or ``host`` (LiteRT timed on
+    this host; CPU targets only)."""
     t_start = time.perf_counter()
+    if latency not in LATENCY_SOURCES:
+        raise DataError(f"--latency {latency!r} is invalid (must be one of {', '.join(LATENCY_SOURCES)})")
     if not np.isfinite(max_drop) or max_drop < 0:
         raise DataError(f"--max-drop {max_drop} is invalid (must be a number >= 0)")
     profile = target if isinstance(target, TargetProfile) else load_profile(target)
-    goal = goal or ("latency" if profile.runtime == "litert" else "size")
+    goal = goal or ("latency" if profile.runtime in ("litert", "coreml") else "size")
     if goal not in GOALS:
         raise DataError(f"--optimize {goal!r} is invalid (must be one of {', '.join(GOALS)})")
     rungs = ladder(profile, level)
@@ -134,7 +140,8 @@ def fit(
     try:
         art = intake.load(model_path)
         try:
-            return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start)
+            return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start,
+                        latency)
         finally:
             art.cleanup()
     finally:
@@ -144,14 +151,14 @@ def fit(
 
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
          max_drop: float, met: Metric, goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
-         t_start: float) -> FitResult:
+         t_start: float, latency: str) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
 
     worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
     try:
         return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, met, goal, out, use_cache, quiet,
-                          t_start, worker)
+                          t_start, worker, latency)
     finally:
         if worker is not None:
             worker.close()
@@ -159,8 +166,7 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
 
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
                calib_path: str | None, max_drop: float, met: Metric, goal: str, out: output.Output | None,
-               use_cache: bool,
-               quiet: bool, t_start: float, worker: Any) -> FitResult:
+               use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
@@ -194,13 +200,16 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         "v": cache.CACHE_VERSION, "model": content_hash(art.source), "target": json.dumps(dict(profile.values),
                                                                                      sort_keys=True, default=str),
         "calib": cache.array_hash(cal.x), "eval": cache.array_hash(ev.x, ev.y), "metric": met.name,
-        "seed": options.SEED.value, "code": cache.code_hash(),
+        "seed": options.SEED.value, "code": cache.code_hash(), "latency": latency,
     }
     progress = _Progress(len(rungs), profile.name, quiet)
     candidates: list[Candidate] = []
     artifacts: dict[str, Path] = {}
-    coreml_base: Path | None = None
     work = tempfile.TemporaryDirectory(prefix="edgekit-fit-")
+    job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency)
+    if latency == "host" and not job.host_timing:
+        notes.append(f"--latency host ignored: {profile.name} does not compute on a CPU like this host's; "
+                     "ranked by the cost model")
     try:
         for i, rung in enumerate(rungs):
             progress.show(i, f"{rung.name} ...")
@@ -214,14 +223,8 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 t0 = time.perf_counter()
                 cand = Candidate(rung.name, rung.stage, rung.mode, rung.value)
                 try:
-                    if rung.stage == "coreml":
-                        if coreml_base is None:
-                            from edgekit.stages import coreml
-
-                            coreml_base = coreml.convert(art, profile, Path(work.name) / "base.mlpackage")
-                        path = build_coreml(art, profile, rung, coreml_base, Path(work.name), cand, ev, met)
-                    else:
-                        path = build_tflite(art, profile, rung, cal, ev, met, Path(work.name), cand, worker)
+                    build = build_coreml if rung.stage == "coreml" else build_tflite
+                    path = build(job, rung, cand)
                     cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
                     cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
                 except EdgekitError as exc:

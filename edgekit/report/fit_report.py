@@ -30,7 +30,8 @@ def candidate_rows(r: FitResult) -> list[tuple[object, ...]]:
     for c in r.candidates:
         metric = "-" if c.metric is None else f"{c.metric:.3f}"
         drop = "-" if c.drop is None else f"{c.drop:+.3f}"
-        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.3f}"
+        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.3f} " + (
+            "est" if c.latency_kind.startswith("estimate") else "host")
         rows.append((c.name, human_bytes(c.flash_bytes) if c.flash_bytes else "-",
                      human_bytes(c.ram_bytes) if c.ram_bytes else "-", metric, drop, lat,
                      _verdict(c, r.winner) + (" (cached)" if c.cached else ""),
@@ -38,7 +39,8 @@ def candidate_rows(r: FitResult) -> list[tuple[object, ...]]:
     return rows
 
 
-HEADERS = ["candidate", "flash", "ram", "metric", "drop", "latency ms", "verdict", "evaluated on / error"]
+HEADERS = ["candidate", "flash", "ram", "metric", "drop", "latency ms (est/host)", "verdict",
+           "evaluated on / error"]
 
 
 def render_text(r: FitResult) -> str:
@@ -57,6 +59,9 @@ def render_text(r: FitResult) -> str:
             if c.drop is not None and not c.within_drop:
                 over.append(f"{r.metric} drop {c.drop:.3f} > {r.max_drop}")
             lines.append(f"closest: {c.name}: " + "; ".join(over))
+    kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
+    for kind in kinds:
+        lines.append(f"latency: {kind}")
     for n in r.notes:
         lines.append(f"note: {n}")
     if r.out_dir:
@@ -86,6 +91,10 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
         md.append(f"**Nothing fits.** Closest: {r.closest.name if r.closest else 'none'}.")
     if has_plot:
         md += ["", "![flash vs accuracy](candidates.svg)"]
+    kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
+    if kinds:
+        md += ["", "Latency figures: " + "; ".join(kinds) + ". `est` marks an estimate (rank only), `host` a "
+               "timing on the machine that ran the fit; `edgekit bench` measures the device."]
     if r.notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     md.append("")

@@ -109,6 +109,13 @@ def test_fit_core_ml_end_to_end(digits: dict[str, Path], tmp_path: Path, cache: 
     pkg = out / "model.mlpackage"
     assert (pkg / "Manifest.json").is_file()
     assert any("Core ML cannot run predictions off macOS" in n for n in report["notes"])
+    # phones rank by latency by default; the Neural Engine's figure is the same for every compression,
+    # and the report says so (size then decides)
+    assert report["goal"] == "latency"
+    assert len({c["latency_ms"] for c in by.values()}) == 1
+    assert all("compression changes size, not latency" in c["latency_kind"] for c in by.values())
+    assert report["winner"] == min((c for c in by.values() if c["fits"] and c["drop"] <= 1.0),
+                                   key=lambda c: c["flash_bytes"])["name"]
 
 
 def test_cache_makes_a_rerun_do_no_work_twice(digits: dict[str, Path], tmp_path: Path,
@@ -123,8 +130,33 @@ def test_cache_makes_a_rerun_do_no_work_twice(digits: dict[str, Path], tmp_path:
     assert [c["metric"] for c in a["candidates"]] == [c["metric"] for c in report["candidates"]]
     assert (tmp_path / "a" / "model.tflite").read_bytes() == (tmp_path / "b" / "model.tflite").read_bytes()
     proc = _fit(digits, "android-arm64-cpu", tmp_path / "c", cache, "--json", "--no-cache")
-    assert not any(c["cached"] for c in json.loads(proc.stdout)["candidates"])
+    fresh = json.loads(proc.stdout)
+    assert not any(c["cached"] for c in fresh["candidates"])
+    # rebuilt from scratch: the same ranking figures, the same winner, the same bytes (issue 13: a build step
+    # must get the same artifact from the same inputs; host timings made the demo flip float16/dynamic)
+    assert [c["latency_ms"] for c in fresh["candidates"]] == [c["latency_ms"] for c in a["candidates"]]
+    assert fresh["winner"] == a["winner"]
+    assert (tmp_path / "c" / "model.tflite").read_bytes() == (tmp_path / "a" / "model.tflite").read_bytes()
+    assert all(c["latency_kind"].startswith("estimate: cortex-a76 cost model") for c in fresh["candidates"])
+    assert "est" in (tmp_path / "c" / "report.md").read_text().split("| int8 |")[1].split("\n")[0]
     assert first > 0
+
+
+def test_host_timing_is_opt_in_and_never_for_a_gpu(digits: dict[str, Path], tmp_path: Path,
+                                                   cache: dict[str, str]) -> None:
+    import os
+
+    proc = _fit(digits, "android-arm64-cpu", tmp_path / "h", cache, "--json", "--latency", "host",
+                "--candidates", "float32,int8")
+    assert proc.returncode == 0, proc.stderr
+    for c in json.loads(proc.stdout)["candidates"]:
+        threads = min(4, os.cpu_count() or 1)  # the profile asks for 4; never more than this host has
+        assert c["latency_kind"].startswith(f"host CPU timing, LiteRT, {threads} threads, noise +-"), c
+    proc = _fit(digits, "android-gpu", tmp_path / "g", cache, "--json", "--latency", "host", "--candidates",
+                "float16")
+    report = json.loads(proc.stdout)
+    assert report["candidates"][0]["latency_kind"].startswith("estimate: GPU delegate")
+    assert any("--latency host ignored" in n for n in report["notes"])
 
 
 def test_nothing_fits_shows_closest_and_overrun(digits: dict[str, Path], tmp_path: Path,
