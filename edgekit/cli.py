@@ -121,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--calib", help="calibration data for a float model")
     k.add_argument("--json", action="store_true", help="print one JSON object")
 
+    cf = sub.add_parser("config", help="every EDGEKIT_* setting: its value, where it came from, what it does")
+    cf.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ca = sub.add_parser("cache", help="the fit cache: where it is and how big (info), or empty it (clear)")
+    ca.add_argument("action", choices=["info", "clear"], help="info: path, entries, bytes, limit; clear: remove "
+                    "every entry (only edgekit's own)")
+    ca.add_argument("--json", action="store_true", help="print one JSON object")
+
+    co = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    co.add_argument("shell", choices=["bash", "zsh"], help="e.g. `eval \"$(edgekit completion bash)\"` in ~/.bashrc")
+
     d = sub.add_parser("demo", help="the embedded default: a digits CNN fitted to cortex-m4, a phone and an iPhone")
     d.add_argument("--target", "-t", action="append",
                    help="target profile (repeatable; default cortex-m4, android-arm64-cpu, ios-ane)")
@@ -335,9 +346,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(tuple(args.target or DEMO_TARGETS), out_dir=args.output, force=args.force, as_json=args.json)
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from edgekit import options
+
+    rows = [{"name": o.env, "value": o.value, "default": o.default, "source": o.source, "help": o.help}
+            for o in options.all_options()]
+    rows += [{"name": p.env, "value": p.value, "default": p.default, "source": p.source, "help": p.help}
+             for p in options.PATH_SETTINGS]
+    rows.sort(key=lambda r: str(r["name"]))
+    if args.json:
+        print(json.dumps({"settings": rows}, indent=2))
+        return EXIT_OK
+    from edgekit.report.text import table
+
+    print(table(["setting", "value", "source", "meaning"],
+                [(r["name"], r["value"], r["source"], r["help"]) for r in rows], "llll"))
+    return EXIT_OK
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from edgekit.fitting import cache
+
+    root = cache.cache_dir()
+    if args.action == "clear":
+        n, size = cache.clear(root)
+        info = {"path": str(root), "removed_entries": n, "removed_bytes": size}
+        print(json.dumps(info) if args.json else f"removed {n} entries ({size:,} B) from {root}")
+        return EXIT_OK
+    found = cache.entries(root)
+    info = {"path": str(root), "entries": len(found), "bytes": sum(e.bytes for e in found),
+            "limit_bytes": int(cache.CACHE_MAX_BYTES.value)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"fit cache {root}: {info['entries']} entries, {info['bytes']:,} B of {info['limit_bytes']:,} B "
+              "(EDGEKIT_CACHE_MAX_BYTES; least recently used entries go first)")
+    return EXIT_OK
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from edgekit.completion import script
+
+    print(script(build_parser(), args.shell))
+    return EXIT_OK
+
+
 COMMANDS = {"targets": _cmd_targets, "analyze": _cmd_analyze, "fit": _cmd_fit, "codegen": _cmd_codegen,
             "scaffold": _cmd_scaffold, "check": _cmd_check, "bench": _cmd_bench, "device-sim": _cmd_device_sim,
-            "demo": _cmd_demo}
+            "demo": _cmd_demo, "config": _cmd_config, "cache": _cmd_cache, "completion": _cmd_completion}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,12 @@ Values can be overridden with environment variables named ``EDGEKIT_<NAME>``
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 from dataclasses import dataclass
+
+_REGISTRY: dict[str, Option] = {}
 
 
 @dataclass(frozen=True)
@@ -16,19 +20,71 @@ class Option:
     default: float
     help: str
 
+    def __post_init__(self) -> None:
+        _REGISTRY.setdefault(self.name, self)
+
+    @property
+    def env(self) -> str:
+        return "EDGEKIT_" + self.name.upper()
+
+    @property
+    def source(self) -> str:
+        return f"environment ({self.env})" if self.env in os.environ else "default"
+
     @property
     def value(self) -> float:
-        raw = os.environ.get("EDGEKIT_" + self.name.upper())
+        raw = os.environ.get(self.env)
         if raw is None:
             return self.default
-        try:
-            return type(self.default)(raw)
-        except ValueError:
-            from edgekit.errors import EdgekitError
+        from edgekit.errors import EdgekitError
 
-            raise EdgekitError(
-                f"invalid EDGEKIT_{self.name.upper()}={raw!r} (must be a number like {self.default})"
-            ) from None
+        try:
+            value = type(self.default)(raw)
+        except ValueError:
+            raise EdgekitError(f"invalid {self.env}={raw!r} (must be a number like {self.default})",
+                               "unset it or give a number; `edgekit config` lists every setting") from None
+        if not math.isfinite(value) or value < 0:
+            raise EdgekitError(f"invalid {self.env}={raw!r} (must be a finite number >= 0)",
+                               "`edgekit config` lists every setting and its default")
+        return value
+
+
+@dataclass(frozen=True)
+class PathSetting:
+    """A setting that names a place rather than a number."""
+
+    env: str
+    default: str
+    help: str
+
+    @property
+    def value(self) -> str:
+        return os.environ.get(self.env, self.default)
+
+    @property
+    def source(self) -> str:
+        return f"environment ({self.env})" if self.env in os.environ else "default"
+
+
+PATH_SETTINGS = (
+    PathSetting("EDGEKIT_CACHE_DIR", str(os.path.join("~", ".cache", "edgekit", "fit")),
+                "where fit caches its candidates"),
+    PathSetting("EDGEKIT_TARGETS_PATH", "", "extra folders of target profiles (.toml), os.pathsep-separated, "
+                                            "searched after the built-in targets/"),
+)
+# modules that declare further options beside their code; imported by all_options()
+OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.evaluate", "edgekit.transports.base",
+                  "edgekit.transports.adb", "edgekit.bench.runner", "edgekit.fitting.cache")
+
+
+def all_options() -> list[Option]:
+    """Every numeric option edgekit declares, by name (for `edgekit config`)."""
+    for module in OPTION_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+    return sorted(_REGISTRY.values(), key=lambda o: o.name)
 
 
 ARENA_MEASURE_TIMEOUT = Option(

@@ -7,18 +7,21 @@ what was recorded when the entry was written; anything else is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import re
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit import options
 from edgekit._hashing import content_hash
 from edgekit.fitting.types import Candidate
 
@@ -49,7 +52,7 @@ def code_hash() -> str:
 
 def cache_dir() -> Path:
     root = os.environ.get("EDGEKIT_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "edgekit" / "fit"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "edgekit" / "fit"
 
 
 
@@ -131,6 +134,7 @@ def load_cached(entry: Path, copy_to: Path) -> tuple[Candidate | None, str]:
             return None, "its artifact does not match the recorded sha256 (truncated or changed)"
         if copy_to.is_file() and copy_to.stat().st_size != cand.flash_bytes:
             return None, "its artifact's size differs from the recorded flash bytes"
+    touch(entry)
     return cand, ""
 
 
@@ -170,5 +174,67 @@ def store_cached(entry: Path, cand: Candidate, artifact: Path | None) -> None:
             else:
                 shutil.rmtree(entry)
         tmp.rename(entry)
+        prune()
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # a cache that cannot be written is not an error
+
+
+# ------------------------------------------------------------------ size limit, info, clear
+
+CACHE_MAX_BYTES = options.Option("cache_max_bytes", float(2 << 30),
+                                 "size limit of the fit cache; the least recently used entries go first")
+_ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    bytes: int
+    used: float  # last use (mtime of the record, touched on every verified hit)
+
+
+def entries(root: Path | None = None) -> list[CacheEntry]:
+    """The cache's own entries (``xx/<sha256>/candidate.json``); anything else in the folder is not ours."""
+    root = root or cache_dir()
+    found: list[CacheEntry] = []
+    if not root.is_dir():
+        return found
+    for shard in root.iterdir():
+        if not (len(shard.name) == 2 and shard.is_dir() and not shard.is_symlink()):
+            continue
+        for entry in shard.iterdir():
+            record = entry / "candidate.json"
+            if (_ENTRY_NAME.match(entry.name) and entry.name.startswith(shard.name) and entry.is_dir()
+                    and not entry.is_symlink() and record.is_file()):
+                size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
+                found.append(CacheEntry(entry, size, record.stat().st_mtime))
+    return sorted(found, key=lambda e: e.used)
+
+
+def touch(entry: Path) -> None:
+    """Mark a verified hit as recently used (the size limit drops the least recently used first)."""
+    with contextlib.suppress(OSError):
+        os.utime(entry / "candidate.json")
+
+
+def prune(limit: int | None = None, root: Path | None = None) -> list[Path]:
+    """Drop least recently used entries until the cache is within ``limit`` bytes; what was removed."""
+    limit = int(CACHE_MAX_BYTES.value) if limit is None else limit
+    found = entries(root)
+    total = sum(e.bytes for e in found)
+    removed = []
+    for e in found:
+        if total <= limit:
+            break
+        shutil.rmtree(e.path, ignore_errors=True)
+        total -= e.bytes
+        removed.append(e.path)
+    return removed
+
+
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry (only edgekit's own); (entries, bytes) removed."""
+    found = entries(root)
+    for e in found:
+        shutil.rmtree(e.path, ignore_errors=True)
+    return len(found), sum(e.bytes for e in found)
