@@ -48,8 +48,8 @@ def bootstrap() -> None:
     STAMP.write_text(digest)
 
 
-def run(cmd: list[str]) -> int:
-    return subprocess.run(cmd, cwd=ROOT).returncode
+def run(cmd: list[str], cwd: Path | None = ROOT) -> int:
+    return subprocess.run(cmd, cwd=cwd).returncode
 
 
 def main(argv: list[str]) -> int:
@@ -59,10 +59,10 @@ def main(argv: list[str]) -> int:
     job, rest = argv[0], argv[1:]
     bootstrap()
     edgekit = [str(PY), "-m", "edgekit"]
-    if job == "demo":
-        return run([*edgekit, "demo", *rest])
+    if job == "demo":  # edgekit runs where you are: relative paths are yours
+        return run([*edgekit, "demo", *rest], cwd=None)
     if job == "edgekit":
-        return run([*edgekit, *rest])
+        return run([*edgekit, *rest], cwd=None)
     if job == "test":
         for step in (
             [str(PY), "-m", "ruff", "check", "edgekit", "tests", "tools", "benchmarks", "examples", "dev.py"],

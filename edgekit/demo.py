@@ -74,6 +74,8 @@ def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None
         load_profile(target)
         if out_dir is not None:
             output.check_path(Path(out_dir) / Path(target).stem, force)
+    if out_dir is not None:
+        output.check_path(Path(out_dir) / "source", force)
     t0 = time.perf_counter()
     model, (xtr, ytr, xte, yte) = train_digits_cnn()
     float_acc = 100 * float(np.mean(np.argmax(model.predict(xte, verbose=0), axis=1) == yte))
@@ -88,6 +90,11 @@ def run_demo(targets: tuple[str, ...] = DEMO_TARGETS, out_dir: str | None = None
         np.savez(Path(tmp) / "calib.npz", x=xtr[:200], y=ytr[:200])
         np.savez(Path(tmp) / "eval.npz", x=xte, y=yte)
         root = Path(out_dir) if out_dir else Path(tmp) / "out"
+        if out_dir is not None:  # what the README's Quick start runs on
+            with output.Output(root / "source", force, command="demo") as kept:
+                for name in ("digits_cnn.keras", "calib.npz", "eval.npz"):
+                    kept.write(name, Path(tmp) / name)
+                kept.publish()
         for target in targets:
             r = fit(src, target, eval_data=str(Path(tmp) / "eval.npz"), calib=str(Path(tmp) / "calib.npz"),
                     max_drop=1.0, out_dir=root / Path(target).stem, force=force, quiet=as_json)
