@@ -39,3 +39,29 @@ def test_wheel_contains_data_folders(tmp_path: Path) -> None:
                          cwd=tmp_path, check=True)
     lines = out.stdout.split()
     assert lines[0].startswith(str(site)) and lines[1] == "196608"
+
+
+@pytest.mark.slow
+def test_sdist_carries_what_its_tests_need_and_they_pass_from_it(tmp_path: Path) -> None:
+    import tarfile
+
+    build = subprocess.run([sys.executable, "-c", "import sys, hatchling.build as b; "
+                            "print(b.build_sdist(sys.argv[1]))", str(tmp_path)], cwd=ROOT, capture_output=True,
+                           text=True, check=False)
+    assert build.returncode == 0, build.stderr[-2000:]  # hatchling comes with the dev extra
+    sdist = tmp_path / build.stdout.strip().splitlines()[-1]
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "src", filter="data")
+    top = names[0].split("/")[0]
+    for needed in ("LICENSE", "README.md", "docs/protocol.md", "tools/gen_tflm_ops.py", "tests/conftest.py",
+                   "tests/data/targets/valid_tiny_board.toml", "dev.py", "constraints.txt"):
+        assert f"{top}/{needed}" in names, needed
+    root = tmp_path / "src" / top
+    # the unit tests (no TensorFlow models) run from the unpacked sdist, importing its own edgekit
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                          "tests/unit"], cwd=root, capture_output=True, text=True, env=env, check=False, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert " passed" in run.stdout
+
