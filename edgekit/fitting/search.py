@@ -281,5 +281,8 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     has_plot = plot is not None
     out.write("report.json", json.dumps(result.to_dict(), indent=2))
     out.write("report.md", render_markdown(result, profile, has_plot))
+    from edgekit.report.html import fit_html
+
+    out.write("report.html", fit_html(result, profile, plot))
     out.publish()
     result.out_dir = out.out
