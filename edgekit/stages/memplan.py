@@ -134,3 +134,45 @@ def verify(original: bytes, planned: bytes, x: np.ndarray | None = None,
     exact = before.raw.dtype == after.raw.dtype and np.array_equal(before.raw, after.raw)
     return Verification(bit_exact=bool(exact), samples=len(xs), head_before=before.head_bytes,
                         head_after=after.head_bytes, tail_before=before.tail_bytes, tail_after=after.tail_bytes)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The outcome of :func:`optimize`: the model to deploy and why."""
+
+    data: bytes  # the planned model, or the input unchanged
+    applied: bool
+    note: str  # one line for reports
+    plan: MemoryPlan | None = None
+    verification: Verification | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"applied": self.applied, "note": self.note,
+                "plan": self.plan.to_dict() if self.plan else None,
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+def optimize(model: bytes, x: np.ndarray | None = None, worker: TflmWorker | None = None,
+             time_limit: float | None = None) -> Planned:
+    """Plan, embed and verify: the planned model when TFLM confirms a smaller arena with bit-exact outputs,
+    else ``model`` unchanged (with the reason). Call it on the final bytes (after stripping)."""
+    from edgekit.analysis.planner import plan as make_plan
+    from edgekit.errors import ModelError
+
+    try:
+        plan = make_plan(model, time_limit=time_limit)
+    except ModelError as exc:
+        return Planned(model, False, f"memory plan not applied: {exc.message}")
+    if plan.arena_bytes >= plan.greedy_bytes:
+        return Planned(model, False, f"TFLM's own plan is as small as the planner's ({plan.greedy_bytes:,} B; "
+                                     f"liveness bound {plan.bound_bytes:,} B): nothing to embed", plan)
+    planned = apply(model, plan)
+    v = verify(model, planned, x, worker)
+    if not v.bit_exact:
+        return Planned(model, False, "memory plan not applied: the planned model's outputs differ on TFLM", plan, v)
+    if v.head_after >= v.head_before:
+        return Planned(model, False, f"memory plan not applied: TFLM reports {v.head_after:,} B, not less than "
+                                     f"its own {v.head_before:,} B", plan, v)
+    order = ", operators reordered" if plan.reordered else ""
+    return Planned(planned, True, f"non-persistent arena {v.head_before:,} -> {v.head_after:,} B (liveness bound "
+                                  f"{plan.bound_bytes:,} B{order}), outputs bit-exact on TFLM", plan, v)

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import selectors
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,6 +168,14 @@ def test_apply_replaces_an_existing_plan_and_refuses_another_models_plan(built: 
         memplan.apply(built["digits"], plan)
 
 
+def test_optimize_applies_only_what_tflm_confirms(built: dict[str, bytes], worker: TflmWorker) -> None:
+    done = memplan.optimize(built["branches"], worker=worker)
+    assert done.applied and done.verification is not None and done.verification.bit_exact
+    assert memplan.read_offsets(done.data) is not None and "25,600 -> 17,664 B" in done.note
+    same = memplan.optimize(built["digits"], worker=worker)  # TFLM's greedy plan is at the bound already
+    assert not same.applied and same.data == built["digits"] and "as small as" in same.note
+
+
 @pytest.mark.skipif(not MLPERF_TINY_ROOT, reason="MLPERF_TINY_ROOT is not set (a mlcommons/tiny checkout)")
 @pytest.mark.parametrize("name", sorted(MLPERF_MODELS))
 def test_mlperf_tiny_reference_models(name: str, worker: TflmWorker) -> None:
@@ -174,3 +187,139 @@ def test_mlperf_tiny_reference_models(name: str, worker: TflmWorker) -> None:
           f"({plan.method}, {plan.seconds * 1000:.0f} ms)")
     if name == "vww":
         assert v.head_before == 73728 and v.head_after <= 56400
+
+
+# ------------------------------------------------------------------ on the target: QEMU firmware
+
+TFLM_ROOT = os.environ.get("TFLM_ROOT", "")
+TFLM_LIB = "gen/cortex_m_generic_cortex-m4+fp_default_cmsis_nn_gcc/lib/libtensorflow-microlite.a"
+
+
+def firmware_requirements() -> str | None:
+    if not TFLM_ROOT:
+        return "TFLM_ROOT is not set (a tflite-micro checkout with its Cortex-M4F library built)"
+    if not (Path(TFLM_ROOT) / TFLM_LIB).is_file():
+        return f"no TFLM library at $TFLM_ROOT/{TFLM_LIB}: build it with the command in the scaffold's CMakeLists.txt"
+    for tool in ("arm-none-eabi-gcc", "cmake", "qemu-system-arm"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+class Serial:
+    """The firmware's UART over QEMU's stdio, with a deadline on every read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and proc.stdin is not None
+        self.proc, self.buf = proc, b""
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ)
+
+    def until(self, marker: bytes, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while marker not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {marker!r} within {timeout} s; got {self.buf[-300:]!r}")
+            if self.sel.select(timeout=left):
+                chunk = os.read(self.proc.stdout.fileno(), 4096)  # type: ignore[union-attr]
+                if not chunk:
+                    raise EOFError(f"QEMU exited; got {self.buf[-300:]!r}")
+                self.buf += chunk
+        head, _, self.buf = self.buf.partition(marker)
+        return (head + marker).decode(errors="replace")
+
+    def command(self, text: str, timeout: float = 60.0) -> str:
+        self.proc.stdin.write(text.encode())  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self.until(b"m-ready", timeout)
+
+
+@dataclasses.dataclass
+class FirmwareRun:
+    allocated: bool
+    arena_reserved: int
+    arena_used: int  # head + tail on the 32-bit target, with the CMSIS-NN kernels' own scratch buffers
+    raw: bytes
+
+
+def build_firmware(project: Path, build: Path, arena: int | None = None) -> Path:
+    """Configure and build (incrementally when ``build`` exists); ``arena`` overrides kTensorArenaSize."""
+    if arena is not None:
+        settings = project / "src" / "model_settings.h"
+        text = settings.read_text()
+        settings.write_text(re.sub(r"kTensorArenaSize = \d+;", f"kTensorArenaSize = {arena};", text))
+    for cmd in (["cmake", "-S", str(project), "-B", str(build), "-DBOARD=qemu", f"-DTFLM_ROOT={TFLM_ROOT}"],
+                ["cmake", "--build", str(build), "-j2"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return build / "firmware.elf"
+
+
+def run_firmware(elf: Path, q: bytes) -> FirmwareRun:
+    from edgekit.bench.protocol import UPLOAD_CHUNK
+
+    qemu = subprocess.Popen(
+        ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none", "-serial", "stdio",
+         "-icount", "shift=0", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        serial = Serial(qemu)
+        boot = serial.until(b"m-ready", timeout=120)
+        info = serial.command("edgekit-info%")
+        reserved = int(re.search(r"arena_bytes=(\d+)", info).group(1))  # type: ignore[union-attr]
+        if "AllocateTensors failed" in boot:
+            return FirmwareRun(False, reserved, 0, b"")
+        assert "m-init-done" in boot and "e-[" not in boot, boot
+        used = int(re.search(r"arena_used=(\d+)", info).group(1))  # type: ignore[union-attr]
+        assert "m-[Expecting" in serial.command(f"db load {len(q)}%")
+        for i in range(0, len(q), UPLOAD_CHUNK):
+            last = serial.command(f"db {q[i:i + UPLOAD_CHUNK].hex()}%")
+        assert "m-load-done" in last
+        assert "m-infer-done" in serial.command("infer 1 0%", timeout=600)
+        raw = re.search(r"m-edgekit-output-\[([0-9a-f]+)\]", serial.command("edgekit-output%")).group(1)  # type: ignore[union-attr]
+        return FirmwareRun(True, reserved, used, bytes.fromhex(raw))
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)
+
+
+@pytest.mark.tflm_tree
+@pytest.mark.parametrize("name", ["branches", "vww"])
+def test_planned_model_runs_on_the_target_in_the_smaller_arena(name: str, built: dict[str, bytes],
+                                                               tmp_path: Path) -> None:
+    """QEMU (mps2-an386, Cortex-M4, CMSIS-NN): the planned model runs bit-exact in an arena in which the
+    converter's model does not even allocate."""
+    reason = firmware_requirements()
+    if reason:
+        pytest.skip(reason)
+    from edgekit.codegen.scaffold import scaffold
+    from edgekit.evaluate import tflm_session
+
+    if name == "vww":
+        if not MLPERF_TINY_ROOT or not (Path(MLPERF_TINY_ROOT) / MLPERF_MODELS["vww"]).is_file():
+            pytest.skip("MLPERF_TINY_ROOT is not set (a mlcommons/tiny checkout)")
+        model = (Path(MLPERF_TINY_ROOT) / MLPERF_MODELS["vww"]).read_bytes()
+    else:
+        model = built[name]
+    planned = memplan.apply(model, planner.plan(model))
+    x = memplan.sample_inputs(model, 1)
+    host = tflm_session([model], x)[0].raw.tobytes()
+    inp = read_graph(model).input_tensors()[0]
+    q = np.clip(np.round(x / inp.scale[0] + inp.zero_point[0]), -128, 127).astype(np.int8).tobytes()
+
+    runs: dict[str, FirmwareRun] = {}
+    for label, data in (("planned", planned), ("original", model)):
+        (tmp_path / f"{label}.tflite").write_bytes(data)
+        scaffold(tmp_path / f"{label}.tflite", "cortex-m4", "cmake", tmp_path / label, name=name)
+        runs[label] = run_firmware(build_firmware(tmp_path / label, tmp_path / f"build-{label}"), q)
+        assert runs[label].allocated and runs[label].raw == host  # int8 CMSIS-NN kernels: equal bit for bit
+    small = runs["planned"].arena_used
+    print(f"\n{name} on QEMU: arena used {small} B planned, {runs['original'].arena_used} B as converted")
+    assert small < runs["original"].arena_used
+
+    tight = (runs["planned"].arena_used + 15) & ~15  # the firmware's arena is 16-byte aligned
+    run = run_firmware(build_firmware(tmp_path / "planned", tmp_path / "build-planned", arena=tight), q)
+    assert run.allocated and run.arena_reserved == tight and run.raw == host
+    run = run_firmware(build_firmware(tmp_path / "original", tmp_path / "build-original", arena=tight), q)
+    assert not run.allocated
