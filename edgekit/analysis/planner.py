@@ -114,25 +114,37 @@ def tensor_bytes(graph: Graph, index: int) -> int:
     return t.nbytes
 
 
-def reference_scratch(graph: Graph) -> dict[int, list[int]]:
+def reference_scratch(graph: Graph, pointer_bytes: int = 8) -> dict[int, list[int]]:
     """Scratch buffers TFLM's reference kernels request, per operator (bytes, in request order).
 
     From the kernels' Prepare functions: MEAN and SUM (an int32 accumulator per output element for
-    int8/int16, then input-rank and axis-count ints), REDUCE_MAX/MIN (rank and axis ints), and
-    convolutions and fully connected layers with int4 filters (the unpacked filter). Optimized kernels
-    (CMSIS-NN) request their own sizes; pass those to :func:`plan` instead.
+    int8/int16, then input-rank and axis-count ints), REDUCE_MAX/MIN (rank and axis ints), TRANSPOSE_CONV
+    (an int32 accumulator per output element for int8, int64 for int16), MIRROR_PAD (two rank ints), ADD_N
+    (a pointer per input: ``pointer_bytes``, 8 on the 64-bit host), and convolutions and fully connected
+    layers with int4 filters (the unpacked filter). Other kernels' scratch (SVDF, LSTM, detection
+    post-processing) and optimized kernels' (CMSIS-NN) are placed by TFLM around the plan; pass their sizes
+    to :func:`plan` to reserve room for them.
     """
     out: dict[int, list[int]] = {}
     for layer in graph.layers:
         ins = [graph.tensors[i] if i >= 0 else None for i in layer.inputs]
         x = ins[0] if ins else None
+        y = graph.tensors[layer.outputs[0]] if layer.outputs else None
         req: list[int] = []
-        if layer.op in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN") and x is not None and len(ins) > 1:
+        if layer.op in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN") and x is not None and y is not None \
+                and len(ins) > 1:
             axis = ins[1]
-            axis_count = axis.elements if axis is not None else 0
             if layer.op in ("MEAN", "SUM") and x.dtype in ("int8", "int16"):
-                req.append(4 * graph.tensors[layer.outputs[0]].elements)
-            req += [4 * len(x.shape), 4 * axis_count]
+                req.append(4 * y.elements)
+            req += [4 * len(x.shape), 4 * (axis.elements if axis is not None else 0)]
+        elif layer.op == "TRANSPOSE_CONV" and len(ins) > 2 and ins[2] is not None and y is not None:
+            if ins[2].dtype == "int16" and len(ins) > 3 and ins[3] is not None and ins[3].dtype == "int16":
+                req.append(8 * ins[3].elements)  # a 16-bit bias widened to 64 bits
+            req.append({"int8": 4, "int16": 8}.get(ins[2].dtype, 0) * y.elements)
+        elif layer.op == "MIRROR_PAD" and x is not None:
+            req += [4 * len(x.shape)] * 2
+        elif layer.op == "ADD_N" and y is not None and y.dtype in ("float32", "int8"):
+            req.append(pointer_bytes * len(ins))
         elif layer.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(ins) > 1:
             w = ins[1]
             if w is not None and w.dtype == "int4":
@@ -509,12 +521,19 @@ def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, deadli
     back: list[dict[int, tuple[int, int]]] = []
     exact = True
     written = 0  # the set of the first k operators in the model's own order: always kept, so never worse
+    started, transitions = time.monotonic(), 0
     for k in range(m):
         nxt: dict[int, tuple[int, int, int]] = {}
         steps: dict[int, tuple[int, int]] = {}
         items = sorted(layer_states.items(), key=lambda kv: (kv[0] != written, kv[1][0], kv[1][1]))
+        # finishing with two sets per step (the model's order and the best) must fit before the deadline
+        per = (time.monotonic() - started) / max(transitions, 1)
+        finish = (m - k) * 2 * (bin(items[-1][1][2]).count("1") + 1) * per
+        if len(items) > 2 and time.monotonic() + finish > deadline:
+            items = [items[0], min(items[1:], key=lambda kv: (kv[1][0], kv[1][1]))]
+            exact = False
         for count, (mask, (peak, resident, ready)) in enumerate(items):
-            if count and count % 32 == 0 and time.monotonic() > deadline:
+            if count > 1 and count % 8 == 0 and time.monotonic() + finish > deadline:
                 exact = False
                 break
             r = ready
@@ -522,6 +541,7 @@ def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, deadli
                 low = r & -r
                 v = low.bit_length() - 1
                 r ^= low
+                transitions += 1
                 done = mask | low
                 mem = resident + scratch_at[v] + sum(s for s, pm in creates[v] if not pm & mask)
                 after = mem - scratch_at[v] - sum(s for s, um in frees[v] if not um & ~done)
@@ -537,9 +557,8 @@ def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, deadli
         written |= 1 << k
         if written not in nxt:  # the model's own order is not topological: leave it alone
             return identity, liveness_bound(base), True
-        keep = cap if time.monotonic() <= deadline else 1
-        if len(nxt) > keep:
-            kept = sorted(nxt.items(), key=lambda kv: (kv[1][0], kv[1][1]))[:keep]
+        if len(nxt) > cap:
+            kept = sorted(nxt.items(), key=lambda kv: (kv[1][0], kv[1][1]))[:cap]
             nxt = {**dict(kept), written: nxt[written]}
             exact = False
         back.append(steps)
@@ -565,7 +584,7 @@ def plan(model: bytes | Graph, time_limit: float | None = None, reorder: bool = 
     """
     t0 = time.monotonic()
     limit = float(PLAN_TIME_LIMIT.value if time_limit is None else time_limit)
-    deadline = t0 + 0.9 * limit  # the rest covers building the result
+    deadline = t0 + 0.85 * limit  # the rest covers building the result, also on a loaded machine
     graph = read_graph(model) if isinstance(model, bytes | bytearray) else model
     if graph.subgraphs != 1:
         raise ModelError(f"the model has {graph.subgraphs} subgraphs; memory planning covers single-subgraph models",
