@@ -6,7 +6,7 @@ model as converted), the liveness bound of the chosen operator order, the head T
 plan embedded, whether the outputs stayed bit-exact, and the planning time (wall, median of 5).
 Models: MLPerf Tiny's four reference int8 models (with MLPERF_TINY_ROOT), Keras MobileNetV2 0.35/96
 int8 (residual blocks; weights=None, synthetic calibration), and synthetic graphs of about 200
-activation tensors (branching blocks, dense skip connections) for the 1 s time limit.
+activation tensors (branching blocks; many parallel chains, where the search runs to the time limit).
 
     MLPERF_TINY_ROOT=/path/to/tiny .venv/bin/python benchmarks/planner_speed.py
 """
@@ -80,11 +80,13 @@ def main() -> None:
             g = read_graph(data)
             rows.append((label, len(g.tensors), len(planner.planned_tensors(g)), v.head_before, plan.bound_bytes,
                          v.head_after, plan.method + (", reordered" if plan.reordered else ""), v.bit_exact, seconds))
-    from tests.unit.test_planner import synthetic_network
+    from tests.unit.test_planner import synthetic_network, wide_network
 
-    for label, g in [("synthetic branching blocks, seed 0", synthetic_network(26, 0)),
-                     ("synthetic branching blocks, seed 3", synthetic_network(26, 3)),
-                     ("synthetic branching blocks, seed 5", synthetic_network(28, 5))]:
+    for label, g in [("synthetic: 26 three-branch blocks, seed 0", synthetic_network(26, 0)),
+                     ("synthetic: 26 three-branch blocks, seed 3", synthetic_network(26, 3)),
+                     ("synthetic: 28 three-branch blocks, seed 5", synthetic_network(28, 5)),
+                     ("synthetic: 50 parallel chains of 4 (reordering by beam search)", wide_network(50, 4)),
+                     ("synthetic: 20 parallel chains of 5 (reordering by beam search)", wide_network(20, 5))]:
         plan, seconds = timed_plan(g)
         rows.append((label, len(g.tensors), len(planner.planned_tensors(g)), plan.greedy_bytes, plan.bound_bytes,
                      plan.arena_bytes, plan.method + (", reordered" if plan.reordered else ""), None, seconds))

@@ -51,6 +51,39 @@ STATEFUL_OPS = frozenset({"ASSIGN_VARIABLE", "READ_VARIABLE", "VAR_HANDLE", "CAL
 PLAN_TIME_LIMIT = options.Option("plan_time_limit", 1.0, "seconds the memory planner may search (reorder + place)")
 PLAN_REORDER_STATES = options.Option(
     "plan_reorder_states", 256, "operator sets kept per step by the reordering search (beyond: a beam search)")
+PLAN_REORDER_STEPS = options.Option(
+    "plan_reorder_steps", 12000, "operator-set expansions the reordering search may make (a fixed amount of work, "
+    "so that a plan does not depend on the machine's speed; the time limit is a safety net)")
+PLAN_PLACE_STEPS = options.Option(
+    "plan_place_steps", 3000, "nodes of the exact placement search, or 1/20 of that in local-search moves, per "
+    "operator order (a fixed amount of work, as plan_reorder_steps)")
+
+
+class Budget:
+    """Work a search may do: a count of steps, so that results are the same on every machine, and a deadline
+    that cuts it short on a slow or loaded one (``timed_out`` then says the result depends on timing)."""
+
+    def __init__(self, steps: int, deadline: float) -> None:
+        self.steps, self.deadline = steps, deadline
+        self.spent, self.started, self.timed_out = 0, time.monotonic(), False
+
+    def affords(self, steps: int = 1) -> bool:
+        """Whether ``steps`` more steps fit both the count and (at the rate seen so far) the deadline."""
+        if self.spent + steps > self.steps:
+            return False
+        now = time.monotonic()
+        rate = (now - self.started) / self.spent if self.spent >= 100 else 0.0  # too few steps to tell: 0
+        if now + rate * steps > self.deadline:
+            self.timed_out = True
+            return False
+        return True
+
+    def spend(self, steps: int = 1) -> bool:
+        """Take ``steps`` if affordable; False when the search must stop."""
+        if not self.affords(steps):
+            return False
+        self.spent += steps
+        return True
 
 
 @dataclass(frozen=True)
@@ -82,6 +115,7 @@ class MemoryPlan:
     optimal: bool  # arena_bytes is proven minimal for this order (it equals the bound, or the search finished)
     seconds: float
     tensor_count: int  # tensors in the subgraph (the metadata carries one offset per tensor)
+    time_limited: bool = False  # the time limit, not the fixed work budget, ended a search: may vary by machine
     buffers: tuple[Buffer, ...] = field(repr=False, default=())
 
     @property
@@ -99,7 +133,8 @@ class MemoryPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"arena_bytes": self.arena_bytes, "bound_bytes": self.bound_bytes, "greedy_bytes": self.greedy_bytes,
                 "original_bound_bytes": self.original_bound_bytes, "reordered": self.reordered,
-                "method": self.method, "optimal": self.optimal, "seconds": round(self.seconds, 4)}
+                "method": self.method, "optimal": self.optimal, "time_limited": self.time_limited,
+                "seconds": round(self.seconds, 4)}
 
 
 def align(n: int) -> int:
@@ -328,17 +363,17 @@ def _heuristics(p: _Problem) -> tuple[list[int], int, str, list[int], bool]:
     return best
 
 
-def _local_search(p: _Problem, seq: list[int], best_fit: bool, top: int, deadline: float,
+def _local_search(p: _Problem, seq: list[int], best_fit: bool, top: int, budget: Budget,
                   seed: int = 0) -> tuple[list[int] | None, int]:
     """Iterated local search over the placement sequence: move a buffer that reaches the top of the arena
     (or, one time in four, any buffer) earlier; keep the change when the arena does not grow (plateaus are
-    crossed); stop at the bound or the deadline."""
+    crossed); stop at the bound or when the budget is spent."""
     rng = np.random.default_rng(seed)
     current, current_top = list(seq), top
     off, _ = _place(p, current, best_fit)
     best_off: list[int] | None = None
     n = len(seq)
-    while current_top > p.bound and time.monotonic() < deadline and n > 1:
+    while current_top > p.bound and n > 1 and budget.spend(20):
         trial = list(current)
         position = {b: k for k, b in enumerate(trial)}
         at_top = [b for b in range(n) if off[b] + p.size[b] == current_top and position[b] > 0]
@@ -353,7 +388,7 @@ def _local_search(p: _Problem, seq: list[int], best_fit: bool, top: int, deadlin
     return best_off, top
 
 
-def _branch_and_bound(p: _Problem, upper: int, deadline: float) -> tuple[list[int] | None, int, bool]:
+def _branch_and_bound(p: _Problem, upper: int, budget: Budget) -> tuple[list[int] | None, int, bool]:
     """Exact search below ``upper``: (offsets or None, arena, finished).
 
     Any placement can be pushed down until every buffer rests on the highest buffer below it that it
@@ -372,7 +407,7 @@ def _branch_and_bound(p: _Problem, upper: int, deadline: float) -> tuple[list[in
     off = [-1] * n
     best: list[Any] = [None, upper]
     big = np.iinfo(np.int64).max // 4
-    state = {"timeout": False, "nodes": 0}
+    state = {"timeout": False}
 
     def lower_bound(level: int, top: int) -> int:
         rem = live & unplaced[:, None]
@@ -382,12 +417,11 @@ def _branch_and_bound(p: _Problem, upper: int, deadline: float) -> tuple[list[in
         return max(top, int(lb.max()) if lb.size else 0)
 
     def dfs(level: int, top: int, prev: int) -> None:
-        state["nodes"] += 1
         if not unplaced.any():
             if top < best[1]:
                 best[0], best[1] = list(off), top
             return
-        if time.monotonic() > deadline:
+        if not budget.spend():
             state["timeout"] = True
         if state["timeout"] or lower_bound(level, top) >= best[1]:
             return
@@ -417,7 +451,7 @@ def _branch_and_bound(p: _Problem, upper: int, deadline: float) -> tuple[list[in
     return best[0], int(best[1]), not state["timeout"]
 
 
-def place(buffers: Sequence[Buffer], deadline: float) -> tuple[list[int], int, str, bool]:
+def place(buffers: Sequence[Buffer], budget: Budget) -> tuple[list[int], int, str, bool]:
     """Offsets for ``buffers``: (offsets, arena, method, proven optimal)."""
     p = _Problem(buffers)
     if not p.n:
@@ -426,11 +460,11 @@ def place(buffers: Sequence[Buffer], deadline: float) -> tuple[list[int], int, s
     if top <= p.bound:
         return off, top, method, True
     if p.n > EXACT_MAX_BUFFERS:  # too many for the exact search to finish: improve the best sequence instead
-        better, better_top = _local_search(p, seq, best_fit, top, deadline)
+        better, better_top = _local_search(p, seq, best_fit, top, budget)
         if better is not None:
             return better, better_top, "local-search", better_top <= p.bound
         return off, top, method, False
-    exact, exact_top, finished = _branch_and_bound(p, top, deadline)
+    exact, exact_top, finished = _branch_and_bound(p, top, budget)
     if exact is not None and exact_top < top:
         return exact, exact_top, "branch-and-bound", finished
     return off, top, method, finished
@@ -453,7 +487,7 @@ def _reorderable(graph: Graph) -> bool:
         layer.op in STATEFUL_OPS or layer.op.startswith("CUSTOM") for layer in graph.layers)
 
 
-def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, deadline: float,
+def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, budget: Budget,
                max_states: int | None = None) -> tuple[tuple[int, ...], int, bool]:
     """The topological operator order with the smallest liveness bound: (order, bound, exact).
 
@@ -521,27 +555,23 @@ def best_order(graph: Graph, scratch: Mapping[int, Sequence[int]] | None, deadli
     back: list[dict[int, tuple[int, int]]] = []
     exact = True
     written = 0  # the set of the first k operators in the model's own order: always kept, so never worse
-    started, transitions = time.monotonic(), 0
+    budget.started = time.monotonic()  # the rate of expansions, not of the set-up above
     for k in range(m):
         nxt: dict[int, tuple[int, int, int]] = {}
         steps: dict[int, tuple[int, int]] = {}
         items = sorted(layer_states.items(), key=lambda kv: (kv[0] != written, kv[1][0], kv[1][1]))
-        # finishing with two sets per step (the model's order and the best) must fit before the deadline
-        per = (time.monotonic() - started) / max(transitions, 1)
-        finish = (m - k) * 2 * (bin(items[-1][1][2]).count("1") + 1) * per
-        if len(items) > 2 and time.monotonic() + finish > deadline:
-            items = [items[0], min(items[1:], key=lambda kv: (kv[1][0], kv[1][1]))]
-            exact = False
+        finish = (m - k) * 2 * (bin(items[0][1][2]).count("1") + 1)  # the rest with two sets per step
         for count, (mask, (peak, resident, ready)) in enumerate(items):
-            if count > 1 and count % 8 == 0 and time.monotonic() + finish > deadline:
+            width = bin(ready).count("1")
+            if count > 1 and not budget.affords(width + finish):  # the model's order and the best go on
                 exact = False
                 break
+            budget.spent += width
             r = ready
             while r:
                 low = r & -r
                 v = low.bit_length() - 1
                 r ^= low
-                transitions += 1
                 done = mask | low
                 mem = resident + scratch_at[v] + sum(s for s, pm in creates[v] if not pm & mask)
                 after = mem - scratch_at[v] - sum(s for s, um in frees[v] if not um & ~done)
@@ -596,15 +626,18 @@ def plan(model: bytes | Graph, time_limit: float | None = None, reorder: bool = 
     original = build_buffers(graph, identity, scr, alias=alias)
     original_bound = liveness_bound(original)
     orders = [identity]
+    budgets = []
     if reorder:
-        found, bound, _ = best_order(graph, scr, t0 + 0.35 * limit)
+        budgets.append(Budget(int(PLAN_REORDER_STEPS.value), t0 + 0.35 * limit))
+        found, bound, _ = best_order(graph, scr, budgets[-1])
         if bound < original_bound:
             orders.append(found)
     candidates = []
     for k, order in enumerate(orders):
         buffers = original if k == 0 else build_buffers(graph, order, scr, alias=alias)
         share = time.monotonic() + (deadline - time.monotonic()) / (len(orders) - k)
-        offsets, top, method, finished = place(buffers, share)
+        budgets.append(Budget(int(PLAN_PLACE_STEPS.value), share))
+        offsets, top, method, finished = place(buffers, budgets[-1])
         fixed = {i: o for i, o in enumerate(offsets) if not buffers[i].is_scratch}
         _, head = simulate_tflm(buffers, fixed)  # TFLM places the scratch buffers around the plan
         bound = liveness_bound(buffers)
@@ -617,4 +650,4 @@ def plan(model: bytes | Graph, time_limit: float | None = None, reorder: bool = 
     return MemoryPlan(offsets=tensor_offsets, arena_bytes=head, bound_bytes=liveness_bound(buffers),
                       greedy_bytes=greedy, original_bound_bytes=original_bound, order=order, method=method,
                       optimal=optimal, seconds=time.monotonic() - t0, tensor_count=len(graph.tensors),
-                      buffers=tuple(buffers))
+                      time_limited=any(b.timed_out for b in budgets), buffers=tuple(buffers))

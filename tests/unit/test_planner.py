@@ -51,6 +51,10 @@ def assert_valid(buffers: Sequence[Buffer], offsets: Sequence[int]) -> int:
     return top
 
 
+def budget(seconds: float, steps: int = 1 << 30) -> planner.Budget:
+    return planner.Budget(steps, time.monotonic() + seconds)
+
+
 def random_buffers(rng: random.Random, n: int) -> list[Buffer]:
     out = []
     for i in range(n):
@@ -109,7 +113,7 @@ def test_tflm_greedy_is_reproduced_with_its_tie_order() -> None:
     offsets, top = planner.simulate_tflm(chain)
     assert top == 73728 and offsets[2] == 36864 and offsets[1] == 55296
     assert planner.liveness_bound(chain) == 55296
-    best, arena, _, optimal = planner.place(chain, time.monotonic() + 1)
+    best, arena, _, optimal = planner.place(chain, budget(1, 3000))
     assert arena == 55296 and optimal
     assert_valid(chain, best)
 
@@ -137,7 +141,7 @@ def test_placements_are_valid_and_never_below_the_bound() -> None:
     rng = random.Random(11)
     for _ in range(200):
         bufs = random_buffers(rng, rng.randint(1, 30))
-        offsets, arena, _, optimal = planner.place(bufs, time.monotonic() + 0.2)
+        offsets, arena, _, optimal = planner.place(bufs, budget(1, 3000))
         assert assert_valid(bufs, offsets) == arena >= planner.liveness_bound(bufs)
         if len(bufs) <= 5:  # small enough for the exact search to finish, and to check it
             assert optimal and arena == exhaustive(bufs)
@@ -149,7 +153,7 @@ def test_exact_search_finds_the_optimum_where_every_heuristic_misses() -> None:
     bufs = [Buffer((i,), s, a, b) for i, (s, a, b) in enumerate(sizes_lives)]
     p = planner._Problem(bufs)
     assert planner._heuristics(p)[1] == 256
-    offsets, arena, method, optimal = planner.place(bufs, time.monotonic() + 2)
+    offsets, arena, method, optimal = planner.place(bufs, budget(2, 3000))
     assert (arena, method, optimal) == (192, "branch-and-bound", True)
     assert exhaustive(bufs) == 192
     assert_valid(bufs, offsets)
@@ -160,7 +164,7 @@ def test_exact_search_agrees_with_exhaustive_enumeration() -> None:
     for _ in range(60):
         bufs = random_buffers(rng, rng.randint(2, 6))
         p = planner._Problem(bufs)
-        offsets, arena, finished = planner._branch_and_bound(p, 1 << 30, time.monotonic() + 5)
+        offsets, arena, finished = planner._branch_and_bound(p, 1 << 30, budget(5))
         assert finished and offsets is not None
         assert arena == exhaustive(bufs) == assert_valid(bufs, offsets)
 
@@ -194,7 +198,7 @@ def topological_orders(g: Graph) -> list[tuple[int, ...]]:
 
 def test_best_order_is_the_best_topological_order() -> None:
     g = two_branches()
-    order, bound, exact = planner.best_order(g, {}, time.monotonic() + 5)
+    order, bound, exact = planner.best_order(g, {}, budget(5))
     every = {o: planner.liveness_bound(planner.build_buffers(g, o)) for o in topological_orders(g)}
     assert exact and bound == min(every.values()) == every[order]
     written = every[tuple(range(len(g.layers)))]
@@ -206,7 +210,7 @@ def test_best_order_is_the_best_topological_order() -> None:
 
 def test_beam_search_still_returns_a_topological_order() -> None:
     g = two_branches()
-    order, bound, exact = planner.best_order(g, {}, time.monotonic() + 5, max_states=1)
+    order, bound, exact = planner.best_order(g, {}, budget(5), max_states=1)
     assert order in topological_orders(g) and not exact
     assert bound == planner.liveness_bound(planner.build_buffers(g, order))
 
@@ -214,7 +218,7 @@ def test_beam_search_still_returns_a_topological_order() -> None:
 def test_graphs_with_state_keep_their_order() -> None:
     g = make_graph([((1, 8), "int8"), ((1, 8), "int8", "var"), ((1, 8), "int8"), ((1, 8), "int8")],
                    [("ADD", [0, 1], [2]), ("ADD", [0, 0], [3])], inputs=[0], outputs=[2, 3])
-    assert planner.best_order(g, {}, time.monotonic() + 1)[0] == (0, 1)
+    assert planner.best_order(g, {}, budget(1))[0] == (0, 1)
 
 
 def test_multi_subgraph_models_are_refused_with_a_reason() -> None:
@@ -284,6 +288,13 @@ def wide_network(branches: int, depth: int, seed: int = 0) -> Graph:
     tensors.append(((1, 16, 16, 16), "int8"))
     layers.append(("CONCATENATION", ends, [len(tensors) - 1]))
     return make_graph(tensors, layers, inputs=[0], outputs=[len(tensors) - 1])
+
+
+def test_plans_do_not_depend_on_timing() -> None:
+    g = synthetic_network(26)  # needs the reordering search and the local search
+    first, second = planner.plan(g), planner.plan(g)
+    assert not first.time_limited and first.method == "local-search" and first.reordered
+    assert (first.offsets, first.order, first.arena_bytes) == (second.offsets, second.order, second.arena_bytes)
 
 
 def test_wide_graphs_stay_within_the_time_limit() -> None:
