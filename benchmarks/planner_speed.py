@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from edgekit.analysis import planner
+from edgekit.analysis import liveness, planner
 from edgekit.analysis.graph import Graph, read_graph
 from edgekit.evaluate import TflmWorker
 from edgekit.stages import memplan
@@ -78,7 +78,7 @@ def main() -> None:
             plan, seconds = timed_plan(data)
             v = memplan.verify(data, memplan.apply(data, plan), worker=worker)
             g = read_graph(data)
-            rows.append((label, len(g.tensors), len(planner.planned_tensors(g)), v.head_before, plan.bound_bytes,
+            rows.append((label, len(g.tensors), len(liveness.planned_tensors(g)), v.head_before, plan.bound_bytes,
                          v.head_after, plan.method + (", reordered" if plan.reordered else ""), v.bit_exact, seconds))
     from tests.unit.test_planner import synthetic_network, wide_network
 
@@ -88,7 +88,7 @@ def main() -> None:
                      ("synthetic: 50 parallel chains of 4 (reordering by beam search)", wide_network(50, 4)),
                      ("synthetic: 20 parallel chains of 5 (reordering by beam search)", wide_network(20, 5))]:
         plan, seconds = timed_plan(g)
-        rows.append((label, len(g.tensors), len(planner.planned_tensors(g)), plan.greedy_bytes, plan.bound_bytes,
+        rows.append((label, len(g.tensors), len(liveness.planned_tensors(g)), plan.greedy_bytes, plan.bound_bytes,
                      plan.arena_bytes, plan.method + (", reordered" if plan.reordered else ""), None, seconds))
     print("| model | tensors (planned) | TFLM greedy head | bound | planned head | planned / bound | "
           "method | bit-exact | planning time |")

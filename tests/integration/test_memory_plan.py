@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.analysis import planner
+from edgekit.analysis import liveness, planner
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import StageError
 from edgekit.evaluate import TflmWorker
@@ -152,7 +152,7 @@ def test_kernel_scratch_is_part_of_the_plan(built: dict[str, bytes], worker: Tfl
     model = built["mean"]
     g = read_graph(model)
     op = next(layer.index for layer in g.layers if layer.op == "MEAN")
-    assert planner.reference_scratch(g)[op][0] == 4 * 16 * 64
+    assert liveness.reference_scratch(g)[op][0] == 4 * 16 * 64
     plan, v = check_plan(model, worker)
     without = planner.plan(model, scratch={})
     # the scratch is what makes MEAN's step the largest: TFLM's figures match only with it counted

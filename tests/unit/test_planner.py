@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from edgekit.analysis import planner
+from edgekit.analysis import liveness, placement, planner, reorder
 from edgekit.analysis.graph import Graph, Layer, Tensor
-from edgekit.analysis.planner import Buffer
+from edgekit.analysis.liveness import Buffer
 from edgekit.errors import ModelError
 from edgekit.stages import memplan
 
@@ -42,7 +42,7 @@ def assert_valid(buffers: Sequence[Buffer], offsets: Sequence[int]) -> int:
     """No two buffers live at the same scope share a byte; offsets aligned; returns the arena."""
     top = 0
     for i, a in enumerate(buffers):
-        assert offsets[i] >= 0 and offsets[i] % planner.ALIGNMENT == 0
+        assert offsets[i] >= 0 and offsets[i] % liveness.ALIGNMENT == 0
         top = max(top, offsets[i] + a.size)
         for j in range(i):
             b = buffers[j]
@@ -51,8 +51,8 @@ def assert_valid(buffers: Sequence[Buffer], offsets: Sequence[int]) -> int:
     return top
 
 
-def budget(seconds: float, steps: int = 1 << 30) -> planner.Budget:
-    return planner.Budget(steps, time.monotonic() + seconds)
+def budget(seconds: float, steps: int = 1 << 30) -> placement.Budget:
+    return placement.Budget(steps, time.monotonic() + seconds)
 
 
 def random_buffers(rng: random.Random, n: int) -> list[Buffer]:
@@ -65,8 +65,8 @@ def random_buffers(rng: random.Random, n: int) -> list[Buffer]:
 
 def exhaustive(buffers: Sequence[Buffer]) -> int:
     """The optimum: every placement can be pushed down to one that some order reaches by lowest fit."""
-    p = planner._Problem(buffers)
-    return min(planner._place(p, perm, False)[1] for perm in itertools.permutations(range(p.n)))
+    p = placement._Problem(buffers)
+    return min(placement._place(p, perm, False)[1] for perm in itertools.permutations(range(p.n)))
 
 
 # ------------------------------------------------------------------ TFLM's rules
@@ -76,19 +76,19 @@ def test_lifetimes_are_tflm_allocation_scopes() -> None:
     # x -> A -> a -> B(a, x) -> y ; u is an unused graph input; w a weight
     g = make_graph([((1, 8), "int8"), ((1, 8), "int8"), ((1, 8), "int8"), ((1, 4), "int8"), ((8, 8), "int8", "const")],
                    [("FULLY_CONNECTED", [0, 4], [1]), ("ADD", [1, 0], [2])], inputs=[0, 3], outputs=[2])
-    life = planner.lifetimes(g, [0, 1])
+    life = liveness.lifetimes(g, [0, 1])
     assert life[0] == (0, 2)  # a graph input exists from scope 0, until its last reader (operator 1 runs at scope 2)
     assert life[1] == (1, 2) and life[2] == (2, 2)  # the graph output lives to the last scope
     assert life[3] == (0, 0)  # unused input: scope 0 only
-    assert [b.tensors for b in planner.build_buffers(g, [0, 1])] == [(0,), (1,), (2,), (3,)]  # not the weight
+    assert [b.tensors for b in liveness.build_buffers(g, [0, 1])] == [(0,), (1,), (2,), (3,)]  # not the weight
 
 
 def test_constant_variable_and_empty_tensors_are_not_planned() -> None:
     g = make_graph([((1, 8), "int8"), ((8,), "int8", "const"), ((1, 8), "int8", "var"), ((1, 0), "int8"),
                     ((1, 8), "int8")],
                    [("ADD", [0, 1], [4]), ("ADD", [4, 2], [3])], inputs=[0], outputs=[4])
-    assert planner.planned_tensors(g) == [0, 4]
-    assert planner.tensor_bytes(g, 3) == 0
+    assert liveness.planned_tensors(g) == [0, 4]
+    assert liveness.tensor_bytes(g, 3) == 0
 
 
 def test_in_place_operators_share_one_buffer_others_do_not() -> None:
@@ -98,11 +98,11 @@ def test_in_place_operators_share_one_buffer_others_do_not() -> None:
                     ((16,), "int8"), ((2,), "int32", "const")],
                    [("RESHAPE", [0, 5], [1]), ("EXPAND_DIMS", [1, 5], [2]), ("FULLY_CONNECTED", [2], [3]),
                     ("SQUEEZE", [3], [4])], inputs=[0], outputs=[4])
-    assert planner.alias_groups(g, planner.planned_tensors(g)) == [(0, 1, 2), (3,), (4,)]
-    merged = planner.build_buffers(g, range(4))
+    assert liveness.alias_groups(g, liveness.planned_tensors(g)) == [(0, 1, 2), (3,), (4,)]
+    merged = liveness.build_buffers(g, range(4))
     assert (merged[0].first, merged[0].last) == (0, 3)  # the union of the members' lifetimes
-    assert planner.liveness_bound(merged) == 48  # the shared 32 B and the 16 B output of FULLY_CONNECTED
-    assert planner.liveness_bound(planner.build_buffers(g, range(4), alias=False)) == 64
+    assert liveness.liveness_bound(merged) == 48  # the shared 32 B and the 16 B output of FULLY_CONNECTED
+    assert liveness.liveness_bound(liveness.build_buffers(g, range(4), alias=False)) == 64
 
 
 def test_tflm_greedy_is_reproduced_with_its_tie_order() -> None:
@@ -110,17 +110,17 @@ def test_tflm_greedy_is_reproduced_with_its_tie_order() -> None:
     # first (it files online buffers from the back of its list), which costs 9,216 B here; TFLM reports 73,728 B
     chain = [Buffer((0,), 27648, 0, 1), Buffer((1,), 18432, 1, 2), Buffer((2,), 18432, 2, 3),
              Buffer((3,), 36864, 3, 4), Buffer((4,), 9216, 4, 5)]
-    offsets, top = planner.simulate_tflm(chain)
+    offsets, top = placement.simulate_tflm(chain)
     assert top == 73728 and offsets[2] == 36864 and offsets[1] == 55296
-    assert planner.liveness_bound(chain) == 55296
-    best, arena, _, optimal = planner.place(chain, budget(1, 3000))
+    assert liveness.liveness_bound(chain) == 55296
+    best, arena, _, optimal = placement.place(chain, budget(1, 3000))
     assert arena == 55296 and optimal
     assert_valid(chain, best)
 
 
 def test_offline_offsets_are_fixed_and_scratch_goes_around_them() -> None:
     bufs = [Buffer((0,), 64, 0, 1), Buffer((1,), 64, 1, 2), Buffer((), 32, 1, 1, op=0), Buffer((2,), 32, 2, 2)]
-    offsets, top = planner.simulate_tflm(bufs, fixed={0: 0, 1: 96, 3: 0})
+    offsets, top = placement.simulate_tflm(bufs, fixed={0: 0, 1: 96, 3: 0})
     assert offsets[:2] == [0, 96] and offsets[2] == 64  # the scratch fits the gap the plan left at scope 1
     assert top == 160
 
@@ -129,8 +129,8 @@ def test_reference_scratch_of_mean() -> None:
     g = make_graph([((1, 4, 4, 8), "int8"), ((2,), "int32", "const"), ((1, 8), "int8")],
                    [("MEAN", [0, 1], [2])], inputs=[0], outputs=[2])
     # an int32 accumulator per output element, then input-rank and axis-count ints (reduce_common.cc)
-    assert planner.reference_scratch(g) == {0: [32, 16, 8]}
-    bufs = planner.build_buffers(g, [0], planner.reference_scratch(g))
+    assert liveness.reference_scratch(g) == {0: [32, 16, 8]}
+    bufs = liveness.build_buffers(g, [0], liveness.reference_scratch(g))
     assert [b.size for b in bufs if b.is_scratch] == [32, 16, 16]
 
 
@@ -141,19 +141,19 @@ def test_placements_are_valid_and_never_below_the_bound() -> None:
     rng = random.Random(11)
     for _ in range(200):
         bufs = random_buffers(rng, rng.randint(1, 30))
-        offsets, arena, _, optimal = planner.place(bufs, budget(1, 3000))
-        assert assert_valid(bufs, offsets) == arena >= planner.liveness_bound(bufs)
+        offsets, arena, _, optimal = placement.place(bufs, budget(1, 3000))
+        assert assert_valid(bufs, offsets) == arena >= liveness.liveness_bound(bufs)
         if len(bufs) <= 5:  # small enough for the exact search to finish, and to check it
             assert optimal and arena == exhaustive(bufs)
-        assert arena <= planner.simulate_tflm(bufs)[1]
+        assert arena <= placement.simulate_tflm(bufs)[1]
 
 
 def test_exact_search_finds_the_optimum_where_every_heuristic_misses() -> None:
     sizes_lives = [(16, 0, 0), (16, 4, 6), (16, 3, 3), (96, 5, 5), (80, 2, 4), (64, 4, 6), (96, 3, 3)]
     bufs = [Buffer((i,), s, a, b) for i, (s, a, b) in enumerate(sizes_lives)]
-    p = planner._Problem(bufs)
-    assert planner._heuristics(p)[1] == 256
-    offsets, arena, method, optimal = planner.place(bufs, budget(2, 3000))
+    p = placement._Problem(bufs)
+    assert placement._heuristics(p)[1] == 256
+    offsets, arena, method, optimal = placement.place(bufs, budget(2, 3000))
     assert (arena, method, optimal) == (192, "branch-and-bound", True)
     assert exhaustive(bufs) == 192
     assert_valid(bufs, offsets)
@@ -163,8 +163,8 @@ def test_exact_search_agrees_with_exhaustive_enumeration() -> None:
     rng = random.Random(5)
     for _ in range(60):
         bufs = random_buffers(rng, rng.randint(2, 6))
-        p = planner._Problem(bufs)
-        offsets, arena, finished = planner._branch_and_bound(p, 1 << 30, budget(5))
+        p = placement._Problem(bufs)
+        offsets, arena, finished = placement._branch_and_bound(p, 1 << 30, budget(5))
         assert finished and offsets is not None
         assert arena == exhaustive(bufs) == assert_valid(bufs, offsets)
 
@@ -198,8 +198,8 @@ def topological_orders(g: Graph) -> list[tuple[int, ...]]:
 
 def test_best_order_is_the_best_topological_order() -> None:
     g = two_branches()
-    order, bound, exact = planner.best_order(g, {}, budget(5))
-    every = {o: planner.liveness_bound(planner.build_buffers(g, o)) for o in topological_orders(g)}
+    order, bound, exact = reorder.best_order(g, {}, budget(5))
+    every = {o: liveness.liveness_bound(liveness.build_buffers(g, o)) for o in topological_orders(g)}
     assert exact and bound == min(every.values()) == every[order]
     written = every[tuple(range(len(g.layers)))]
     assert bound < written  # 17,664 B against 25,600 B
@@ -210,15 +210,15 @@ def test_best_order_is_the_best_topological_order() -> None:
 
 def test_beam_search_still_returns_a_topological_order() -> None:
     g = two_branches()
-    order, bound, exact = planner.best_order(g, {}, budget(5), max_states=1)
+    order, bound, exact = reorder.best_order(g, {}, budget(5), max_states=1)
     assert order in topological_orders(g) and not exact
-    assert bound == planner.liveness_bound(planner.build_buffers(g, order))
+    assert bound == liveness.liveness_bound(liveness.build_buffers(g, order))
 
 
 def test_graphs_with_state_keep_their_order() -> None:
     g = make_graph([((1, 8), "int8"), ((1, 8), "int8", "var"), ((1, 8), "int8"), ((1, 8), "int8")],
                    [("ADD", [0, 1], [2]), ("ADD", [0, 0], [3])], inputs=[0], outputs=[2, 3])
-    assert planner.best_order(g, {}, budget(1))[0] == (0, 1)
+    assert reorder.best_order(g, {}, budget(1))[0] == (0, 1)
 
 
 def test_multi_subgraph_models_are_refused_with_a_reason() -> None:
