@@ -43,6 +43,10 @@ def timed_plan(model: bytes | Graph, runs: int = 5) -> tuple[planner.MemoryPlan,
     return plan, statistics.median(times)
 
 
+def describe(plan: planner.MemoryPlan) -> str:
+    return plan.method + (", reordered" if plan.reordered else "") + (", time-limited" if plan.time_limited else "")
+
+
 def mobilenet_v2() -> bytes:
     from edgekit._tf import keras, quiet_native, tf
     from edgekit.data import synthetic
@@ -79,7 +83,7 @@ def main() -> None:
             v = memplan.verify(data, memplan.apply(data, plan), worker=worker)
             g = read_graph(data)
             rows.append((label, len(g.tensors), len(liveness.planned_tensors(g)), v.head_before, plan.bound_bytes,
-                         v.head_after, plan.method + (", reordered" if plan.reordered else ""), v.bit_exact, seconds))
+                         v.head_after, describe(plan), v.bit_exact, seconds))
     from tests.unit.test_planner import synthetic_network, wide_network
 
     for label, g in [("synthetic: 26 three-branch blocks, seed 0", synthetic_network(26, 0)),
@@ -89,7 +93,7 @@ def main() -> None:
                      ("synthetic: 20 parallel chains of 5 (reordering by beam search)", wide_network(20, 5))]:
         plan, seconds = timed_plan(g)
         rows.append((label, len(g.tensors), len(liveness.planned_tensors(g)), plan.greedy_bytes, plan.bound_bytes,
-                     plan.arena_bytes, plan.method + (", reordered" if plan.reordered else ""), None, seconds))
+                     plan.arena_bytes, describe(plan), None, seconds))
     print("| model | tensors (planned) | TFLM greedy head | bound | planned head | planned / bound | "
           "method | bit-exact | planning time |")
     print("|---|---|---|---|---|---|---|---|---|")
