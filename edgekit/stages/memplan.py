@@ -174,5 +174,6 @@ def optimize(model: bytes, x: np.ndarray | None = None, worker: TflmWorker | Non
         return Planned(model, False, f"memory plan not applied: TFLM reports {v.head_after:,} B, not less than "
                                      f"its own {v.head_before:,} B", plan, v)
     order = ", operators reordered" if plan.reordered else ""
+    timing = "; the search hit its time limit, so the plan may differ on another machine" if plan.time_limited else ""
     return Planned(planned, True, f"non-persistent arena {v.head_before:,} -> {v.head_after:,} B (liveness bound "
-                                  f"{plan.bound_bytes:,} B{order}), outputs bit-exact on TFLM", plan, v)
+                                  f"{plan.bound_bytes:,} B{order}), outputs bit-exact on TFLM{timing}", plan, v)
