@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,7 @@ def fit(
     use_cache: bool = True,
     quiet: bool = False,
     only: list[str] | None = None,
+    input_shape: str | Sequence[int] | None = None,
 ) -> FitResult:
     t_start = time.perf_counter()
     if not np.isfinite(max_drop) or max_drop < 0:
@@ -285,7 +286,7 @@ def fit(
                              "pass the source model (.keras, .h5, SavedModel or .onnx)")
         raise StageError(f"{model_path} is already a .tflite file: fit needs the float source model to "
                          "quantize", "pass the .keras, .h5, SavedModel or .onnx it came from")
-    art = intake.load(model_path)
+    art = intake.load(model_path, input_shape=input_shape)
     try:
         return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start)
     finally:

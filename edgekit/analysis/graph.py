@@ -361,6 +361,8 @@ _F = FIELDS
 
 def read_graph(data: bytes, where: str = "model") -> Graph:
     """Parse a .tflite flatbuffer. Raises ModelError (one line) on anything that is not one."""
+    if not data:
+        raise ModelError(f"{where} is empty (0 bytes)", "pass a .tflite file written by the TFLite converter")
     if len(data) < 8 or bytes(data[4:8]) != b"TFL3":
         raise ModelError(
             f"{where} is not a TFLite flatbuffer (no 'TFL3' identifier)",

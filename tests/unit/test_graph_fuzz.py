@@ -190,6 +190,21 @@ def test_mutated_hand_built_models(external: bool) -> None:
     run()
 
 
+def test_mutated_sine_model_shipped_with_tflite_micro() -> None:
+    """A converter-written model that needs no TensorFlow here: the one tflite-micro's package ships."""
+    from edgekit.analysis.tflm_ops import runtime_library
+
+    base = (runtime_library().parent / "sine_float.tflite").read_bytes()
+    assert read_graph(base).ops == ["FULLY_CONNECTED"]
+
+    @FUZZ
+    @given(_mutations(base))
+    def run(data: bytes) -> None:
+        _check(data)
+
+    run()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["int8", "float", "topk"])
 def test_mutated_converter_models(models: dict[str, Path], key: str) -> None:
