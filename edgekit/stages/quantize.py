@@ -73,8 +73,9 @@ def resolve_shape(declared: tuple[int | None, ...], given: tuple[int, ...] | Non
                                for i, d in enumerate(declared))
             hint = ("re-convert it from the source model with --input-shape; a .tflite cannot be resized for TFLM"
                     if art.tflite is not None else f"pass a fixed shape: --input-shape {example}")
+            layout = " (NHWC, as onnx2tf converted it)" if art.fmt == "onnx" else ""
             raise ModelError(f"{art.source}: input dimensions {', '.join(str(i) for i in dynamic)} of "
-                             f"{_dims(declared)} are dynamic; a deployable model needs a fixed shape", hint)
+                             f"{_dims(declared)}{layout} are dynamic; a deployable model needs a fixed shape", hint)
         return (1, *(int(d) for d in declared[1:] if d is not None))
     shape = given if len(given) == len(declared) else (1, *given)
     if len(shape) != len(declared):
