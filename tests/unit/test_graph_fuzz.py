@@ -21,7 +21,7 @@ from edgekit.analysis.graph import FIELDS, Graph, read_graph
 from edgekit.analysis.schema import schema_fb
 from edgekit.errors import ModelError
 
-FUZZ = settings(max_examples=300, deadline=2000, derandomize=True,
+FUZZ = settings(max_examples=300, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
