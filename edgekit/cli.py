@@ -317,6 +317,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
         if report.arena_measured is not None:
             ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
+        elif report.ram_kind == "not measured":
+            ram = "ram not measured"
         else:
             ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
         print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, {ram})")
