@@ -112,6 +112,13 @@ def analyze(model: str | os.PathLike[str], target: str | TargetProfile, calib: s
             raise DataError(f"--calib is for float source models; {model} is an already converted .mlpackage",
                             "drop --calib")
         return _analyze_mlpackage(Path(model), profile)
+    if profile.runtime != "coreml" and Path(model).suffix.lower() in (".keras", ".h5", ".hdf5"):
+        # weights far over the flash budget: a verdict from the file's weight datasets, before TensorFlow
+        # loads them (a 200 MB model would otherwise take gigabytes and minutes to say the same)
+        weights = intake.stored_weight_count(Path(model))
+        early = _hopeless_report(str(model), profile, weights, []) if weights else None
+        if early is not None:
+            return early
     art = intake.load(model, input_shape=input_shape)
     notes: list[str] = list(art.notes)
     try:
@@ -161,14 +168,11 @@ def _param_count(art: intake.Artifact) -> int | None:
 _BYTES_PER_PARAM = {"int8": 1, "int16x8": 1, "dynamic": 1, "float16": 2, "float32": 4}
 
 
-def _hopeless_source(art: intake.Artifact, profile: TargetProfile, notes: list[str]) -> AnalysisReport | None:
+def _hopeless_report(source: str, profile: TargetProfile, params: int, notes: list[str]) -> AnalysisReport | None:
     """A verdict before any conversion for a model whose weights alone are FLASH_HOPELESS_FACTOR
     times the flash budget (converting and measuring it would take minutes and gigabytes to say so)."""
     from edgekit.stages import quantize
 
-    params = _param_count(art)
-    if params is None:
-        return None
     mode = quantize.ARTIFACT_MODE.get(profile.artifact, "float32")
     per = _BYTES_PER_PARAM.get(mode, 1)
     estimate = params * per
@@ -178,7 +182,7 @@ def _hopeless_source(art: intake.Artifact, profile: TargetProfile, notes: list[s
                  f"({per} B each), {estimate / max(profile.flash_bytes, 1):,.0f}x the flash budget; RAM, "
                  "operators and data types were not analysed")
     return AnalysisReport(
-        model=str(art.source), target=profile.name, runtime=profile.runtime,
+        model=source, target=profile.name, runtime=profile.runtime,
         artifact_kind=f"{profile.artifact} (not converted)", flash_bytes=estimate, ram_bytes=0,
         ram_kind="not measured", graph=Graph(size_bytes=0, tensors=[], layers=[], inputs=[], outputs=[], subgraphs=0),
         budgets=[Budget("flash", profile.flash_bytes, estimate, "bytes",
@@ -204,7 +208,8 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
                          f"on its source model (.keras, SavedModel or .onnx) to get the {profile.artifact} form")
     else:
         quantize.input_shape(art)  # dynamic dimensions are a clear error before any work
-        early = _hopeless_source(art, profile, notes)
+        params = _param_count(art)
+        early = _hopeless_report(str(art.source), profile, params, notes) if params is not None else None
         if early is not None:
             return early
         tfl, calib_label = _deployable(art, profile, calib, notes)

@@ -153,6 +153,41 @@ def _load_keras(p: Path, fmt: str) -> Artifact:
     return Artifact(source=p, fmt=fmt, keras_model=model)
 
 
+def stored_weight_count(path: Path) -> int | None:
+    """The number of weights a .keras archive or legacy .h5 file stores, read with h5py from the file's
+    weight datasets (model weights only, not optimizer state) without TensorFlow or loading them;
+    None when the file is not laid out that way (intake.load then gives the precise error)."""
+    import zipfile
+
+    import h5py
+
+    if check_regular(path, options.MODEL_MAX_BYTES, "model file", ModelError) == 0:
+        return None
+    total = 0
+
+    def count(name: str, obj: object) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.size)
+
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as fh, h5py.File(fh, "r") as f:
+                group = f.get("layers")
+                if not isinstance(group, h5py.Group):
+                    return None
+                group.visititems(count)
+        else:
+            with h5py.File(path, "r") as f:
+                group = f.get("model_weights")
+                if not isinstance(group, h5py.Group):
+                    return None
+                group.visititems(count)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return total
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
