@@ -115,15 +115,8 @@ def _load_tflite(p: Path) -> Artifact:
     from edgekit.analysis.graph import read_graph
 
     data = read_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError)
-    g = read_graph(data, where=str(p))  # validates, raises ModelError on corrupt data
-    art = Artifact(source=p, fmt="tflite", tflite=data)
-    if g.inputs:
-        sig = g.input_tensors()[0].signature or g.input_tensors()[0].shape
-        art.declared_shape = tuple(None if d < 0 else d for d in sig)
-    return art
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+    read_graph(data, where=str(p))  # validates, raises ModelError on corrupt data
+    return Artifact(source=p, fmt="tflite", tflite=data)
 
 
 def _load_keras(p: Path, fmt: str) -> Artifact:
@@ -277,12 +270,11 @@ def _load_onnx(p: Path, fixed_shape: bool = False) -> Artifact:
 
     art = Artifact(source=p, fmt="onnx", saved_model_dir=out, _scratch=scratch)
     art.float_tflite_cache = tflites[0].read_bytes()
-    ins = read_graph(art.float_tflite_cache, where=f"onnx2tf's conversion of {p}").input_tensors()
-    if ins:
-        sig = ins[0].signature or ins[0].shape
-        art.declared_shape = tuple(None if d < 0 else d for d in sig)
-        if fixed_shape and ins[0].dynamic_dims:
-            art.float_tflite_cache = None  # dynamic: convert from the SavedModel with the fixed shape instead
+    converted = read_graph(art.float_tflite_cache, where=f"onnx2tf's conversion of {p}")
+    if fixed_shape and len(converted.inputs) == 1 and converted.dynamic_inputs():
+        tensor = converted.input_tensors()[0]
+        art.declared_shape = tuple(None if d < 0 else d for d in tensor.signature)
+        art.float_tflite_cache = None  # dynamic: convert from the SavedModel with the fixed shape instead
     art.notes.append("converted from ONNX with onnx2tf (NCHW inputs become NHWC)")
     return art
 
