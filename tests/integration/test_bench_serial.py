@@ -50,6 +50,7 @@ def test_bench_against_the_emulator(models: dict[str, Path], tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["extensions"] is True and r["runs"] == 8 and len(r["latencies_us"]) == 8
+    assert r["method"] == "per-inference" and r["upload_bytes_per_line"] == 64  # edgekit-info's cmd_buffer=256
     assert r["checks"]["model_hash"] == "match"
     assert r["checks"]["output"] == "exact match with the TFLM host interpreter"
     assert r["time_kind"].startswith("host")  # emulator latencies are labelled host times
@@ -72,10 +73,13 @@ def test_scaffolded_project_needs_only_the_port(models: dict[str, Path], tmp_pat
 
 def test_plain_mlperf_device_falls_back(models: dict[str, Path]) -> None:
     with device(models["int8"], "--no-extensions") as port:
-        proc = _bench(models["int8"], port)
+        proc = _bench(models["int8"], port, "--window-seconds", "0.2")
     assert proc.returncode == 0, proc.stderr
     assert "check model_hash: not possible: the device knows no edgekit extensions" in proc.stdout
     assert "check output: not possible" in proc.stdout and "median" in proc.stdout
+    # the default against a plain device is MLPerf Tiny's runner method, in lines that fit its 80-char buffer
+    assert "method: window (MLPerf Tiny's runner method): 5 windows" in proc.stdout
+    assert "31 bytes per line" in proc.stdout
 
 
 def test_port_missing_names_it_with_a_dialout_hint(models: dict[str, Path]) -> None:
