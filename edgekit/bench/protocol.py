@@ -29,6 +29,7 @@ RUNNER_CHUNK = 31  # bytes per `db` line that MLPerf Tiny's runner sends ("db " 
 TIMER_BITS = 32  # m-lap-us-N is an unsigned 32-bit microsecond counter (wraps every 71.6 minutes)
 MAX_LINE_BYTES = 1 << 20  # a longer line is cut (and counted as noise)
 MAX_ANSWER_BYTES = 4 << 20  # more than this without m-ready is an error, not a memory leak
+MAX_ANSWER_LINES = 10_000  # lines kept per answer (the longest real answer, `db print` of 5 KiB, has 640)
 MAX_KEPT_NOISE = 20  # noise lines kept per answer (for error messages); the rest are only counted
 
 DRAIN_SECONDS = Option("drain_seconds", 2.0, "seconds at most to discard what a device prints before the first command")
@@ -170,11 +171,11 @@ class Client:
                     out.append("m-ready")
                     return out
                 size += len(line)
-                if size <= MAX_ANSWER_BYTES:
+                if size <= MAX_ANSWER_BYTES and len(out) < MAX_ANSWER_LINES:
                     out.append(line)
             if received > MAX_ANSWER_BYTES:
-                raise TransportError(f"{self.transport.name} sent more than {MAX_ANSWER_BYTES >> 20} MiB after "
-                                     f"{what!r} without m-ready; the last: {tail[-80:]!r}", hint)
+                raise TransportError(f"no m-ready from {self.transport.name} after {what!r} in more than "
+                                     f"{MAX_ANSWER_BYTES >> 20} MiB; {_describe(received, tail)}", hint)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransportTimeout(f"no m-ready from {self.transport.name} after {what!r} within {timeout:g} s; "

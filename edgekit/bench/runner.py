@@ -318,10 +318,14 @@ def bench(model: str | os.PathLike[str], target: str | TargetProfile, transport:
         throughput: list[float] = []
         n_window: int | None = None
         total = runs if chosen == "per-inference" else windows
+        need_upload = True
         while True:
             try:
-                if not lat:
+                if need_upload:
+                    if resyncs:
+                        sess.sync()
                     sess.upload()
+                    need_upload = False
                 if chosen == "per-inference":
                     if not lat and warmup:
                         sess.infer(1, warmup, infer_timeout)
@@ -345,8 +349,7 @@ def bench(model: str | os.PathLike[str], target: str | TargetProfile, transport:
                     raise TransportError("the device reset twice during the benchmark",
                                          "check its power supply and watchdog") from None
                 notes.append("the device reset once mid-run: resynced, re-uploaded the input and went on")
-                sess.sync()
-                sess.upload()
+                need_upload = True
         ops: list[dict[str, Any]] = []
         arena_used = None
         output_error = None
@@ -360,6 +363,11 @@ def bench(model: str | os.PathLike[str], target: str | TargetProfile, transport:
                                if arena_used is not None else "not reported")
         if client.noise_lines:
             notes.append(f"ignored {client.noise_lines} garbage or partial lines from the device")
+        spans = [v * n_window / 1e6 for v in lat] if chosen == "window" and n_window else []
+        short = [s for s in spans if s < window_seconds]
+        if short:
+            notes.append(f"{len(short)} of {len(lat)} windows were shorter than the {window_seconds:g} s asked for "
+                         f"(shortest {min(short):.3f} s): the device sped up after calibration")
     st = stats(lat)
     budget = profile.latency_ms
     within = None if budget is None or not time_kind.startswith("device") else st["median_us"] / 1000 <= budget
@@ -387,8 +395,8 @@ def _calibrate(sess: _Session, window_seconds: float, timeout: float, report: Pr
     for _ in range(64):
         elapsed, _ = sess.infer(n, 0, timeout)
         report(0, 0, f"calibrating: {n} inferences take {elapsed / 1e6:.3f} s")
-        if elapsed >= target or n >= MAX_WINDOW_INFERENCES:
-            return n
+        if elapsed >= target or n >= MAX_WINDOW_INFERENCES:  # 10% more, so that no window falls short
+            return int(min(max(n, math.ceil(n * 1.1 * target / elapsed)), MAX_WINDOW_INFERENCES))
         guess = math.ceil(n * target / elapsed * 1.05)
         n = int(min(max(guess, n * 2), n * 1000, MAX_WINDOW_INFERENCES))
     return n

@@ -94,7 +94,7 @@ class FaultyDevice:
     def _stream(self, n: int) -> bytes:
         self.stream_count += 1
         if self.faults.endless == "binary":
-            return bytes(self.rng.randrange(256) for _ in range(n)).replace(b"\n", b".").replace(b"\r", b".")
+            return self.rng.randbytes(n).replace(b"\n", b".").replace(b"\r", b".")
         line = f"log: sensor {self.stream_count} ok\r\n".encode()
         return (line * (n // len(line) + 1))[:n]
 

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baud", type=int, default=0)
     p.add_argument("--timer-start", type=int, default=0)
     p.add_argument("--frozen-timer", action="store_true")
-    p.add_argument("--wrap-in", type=int, help="the timer wraps this many microseconds after the first infer")
+    p.add_argument("--wrap-in", type=int, help="the timer wraps this many microseconds after an infer starts")
+    p.add_argument("--wrap-at-infer", type=int, default=1, help="... the Nth infer (default 1)")
     p.add_argument("--log")
     p.add_argument("--stop-after", type=float, default=120.0)
     for name in ("drop", "duplicate", "corrupt", "delay"):
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.sim:
         engine = SimEngine(model, Path(a.tflite).stem, a.model_id)
     else:
-        clock = Clock(a.timer_start, frozen=a.frozen_timer, wrap_in=a.wrap_in)
+        clock = Clock(a.timer_start, frozen=a.frozen_timer, wrap_in=a.wrap_in, wrap_at_infer=a.wrap_at_infer)
         engine = ReferenceDut(a.model_id, model, clock=clock, baud=a.baud, log=Path(a.log) if a.log else None)
     faults = Faults(drop=a.drop, duplicate=a.duplicate, corrupt=a.corrupt, to_device=a.to_device, split=a.split,
                     delay=a.delay, reset_every=a.reset_every, endless_after=a.endless_after, endless=a.endless,
