@@ -141,7 +141,10 @@ def _load_input(model: bytes, input_path: str | None, where: str) -> _Input:
     try:
         loaded = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read input {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "pickle" in said:  # numpy's words for "not an array file" suggest loading it unsafely: don't
+            said = "it is not a NumPy array file (or holds pickled Python objects, which bench does not load)"
+        raise DataError(f"cannot read input {p}: {said}",
                         "pass a .npy array or an .npz with key 'x' (saved without pickle)") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -150,8 +153,9 @@ def _load_input(model: bytes, input_path: str | None, where: str) -> _Input:
                                 "save the input as np.savez(path, x=sample)")
             try:
                 arr = np.asarray(loaded["x"])
-            except ValueError as exc:
-                raise DataError(f"cannot read 'x' from {p}: {exc}") from None
+            except (OSError, ValueError, EOFError):
+                raise DataError(f"cannot read 'x' from {p}: it holds pickled Python objects or is damaged",
+                                "save a numeric array: np.savez(path, x=sample)") from None
     else:
         arr = np.asarray(loaded)
     if arr.dtype.kind not in "biuf":

@@ -154,6 +154,18 @@ def test_input_npz_without_x(models: dict[str, Path], tmp_path: Path) -> None:
     _one_line_error(proc, "has no array 'x' (it has: y)")
 
 
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("empty.npz", b"", "No data left in file"),
+    ("garbage.npy", bytes(range(256)) * 4, "not a NumPy array file"),
+    ("text.npy", b"1,2,3\n", "not a NumPy array file"),
+])
+def test_unreadable_input(models: dict[str, Path], tmp_path: Path, name: str, content: bytes, needle: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    proc, _ = _bench(models["int8"], "/dev/null", tmp_path / "out", "--input", str(tmp_path / name))
+    line = _one_line_error(proc, needle)
+    assert "allow_pickle" not in line and "unsafely" not in line
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"target": ""}', "\xff\xfe"])
 def test_bad_project_manifest(tmp_path: Path, content: str) -> None:
     (tmp_path / "fw").mkdir()
