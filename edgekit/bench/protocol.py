@@ -23,7 +23,7 @@ from edgekit.transports.base import READ_TIMEOUT, WRITE_TIMEOUT, Transport
 
 BOOT_MARKERS = ("m-timestamp-mode-performance", "m-init-done")
 UPLOAD_CHUNK = 64  # input bytes per `db` line at most (edgekit firmware with a large enough command buffer)
-COMMAND_BUFFER = 256  # characters edgekit firmware buffers for one command (reported as cmd_buffer=)
+COMMAND_BUFFER = 256  # edgekit firmware's command buffer with its NUL: cmd_buffer = 255 characters
 REFERENCE_CMD_SIZE = 80  # MLPerf Tiny's EE_CMD_SIZE: the reference firmware keeps the first 80 characters
 RUNNER_CHUNK = 31  # bytes per `db` line that MLPerf Tiny's runner sends ("db " + 62 hex digits < 80)
 TIMER_BITS = 32  # m-lap-us-N is an unsigned 32-bit microsecond counter (wraps every 71.6 minutes)

@@ -70,6 +70,7 @@ class BenchResult:
     ops: list[dict[str, Any]] = field(default_factory=list)
     arena_used: int | None = None
     arena_used_note: str = ARENA_NOTE
+    arena_min: int | None = None  # the smallest arena that allocates on the device (edgekit firmware reports it)
     budget_ms: float | None = None
     within_budget: bool | None = None
     wire_bytes_per_input_byte: float = 0.0
@@ -355,16 +356,22 @@ def bench(model: str | os.PathLike[str], target: str | TargetProfile, transport:
                 notes.append("the device reset once mid-run: resynced, re-uploaded the input and went on")
                 need_upload = True
         ops: list[dict[str, Any]] = []
-        arena_used = None
+        arena_used = arena_min = None
         output_error = None
         if extensions:
             checks["output"], output_error = _check_output(client, data, host_x)
             ops = _read_ops(client)
             checks["per_op"] = f"{len(ops)} operators" if ops else "not available on this device"
-            arena_used = int(fields["arena_used"]) if fields.get("arena_used", "").isdigit() else None
+            arena_used = _number(fields.get("arena_used"))
+            arena_min = _number(fields.get("arena_min")) or None
             arena_total = fields.get("arena_bytes", "?")
-            checks["arena"] = (f"arena_used {arena_used} of {arena_total} bytes ({ARENA_NOTE})"
-                               if arena_used is not None else "not reported")
+            parts = []
+            if arena_min is not None:
+                parts.append(f"arena_min {arena_min} bytes (the smallest arena that allocates on the device: size "
+                             f"the arena against this)")
+            if arena_used is not None:
+                parts.append(f"arena_used {arena_used} of {arena_total} bytes ({ARENA_NOTE})")
+            checks["arena"] = "; ".join(parts) or "not reported"
         if client.noise_lines:
             notes.append(f"ignored {client.noise_lines} garbage or partial lines from the device")
         spans = [v * n_window / 1e6 for v in lat] if chosen == "window" and n_window else []
@@ -383,13 +390,17 @@ def bench(model: str | os.PathLike[str], target: str | TargetProfile, transport:
     return BenchResult(
         model=str(p), target=profile.name, device=transport.name, time_kind=time_kind, method=chosen,
         runs=len(lat), warmup=warmup, latencies_us=lat, stats=st, extensions=extensions, checks=checks, ops=ops,
-        arena_used=arena_used, budget_ms=budget, within_budget=within, wire_bytes_per_input_byte=round(wire, 3),
-        upload_bytes_per_line=sess.chunk, host_overhead_ms_per_command=host_overhead,
-        mlperf_model=conv.model_id if conv else None,
+        arena_used=arena_used, arena_min=arena_min, budget_ms=budget, within_budget=within,
+        wire_bytes_per_input_byte=round(wire, 3), upload_bytes_per_line=sess.chunk,
+        host_overhead_ms_per_command=host_overhead, mlperf_model=conv.model_id if conv else None,
         input_convention=f"MLPerf Tiny {conv.model_id}: {conv.description}" if conv else "the input tensor's raw bytes",
         window_inferences=n_window, throughput_inf_per_s=float(np.median(throughput)) if throughput else None,
         output_error=output_error, notes=notes, resyncs=resyncs,
     )
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() and len(text) < 16 else None
 
 
 def _calibrate(sess: _Session, window_seconds: float, timeout: float, report: Progress) -> int:

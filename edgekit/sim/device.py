@@ -115,8 +115,8 @@ class DeviceSim:
         if self.opts.garbage:
             self.send("\x00\xffgarbage ~~\r\nm-rea")  # noise, then a line split across writes
             self.send("dy-not-really\r\n")
-        if len(cmd) > COMMAND_BUFFER:
-            self.line(f"e-[command too long: more than {COMMAND_BUFFER} characters]")
+        if len(cmd) > COMMAND_BUFFER - 1:
+            self.line(f"e-[command too long: more than {COMMAND_BUFFER - 1} characters]")
             self.line("m-ready")
             return True
         words = cmd.split()
@@ -246,7 +246,7 @@ class DeviceSim:
                 digest = "0" * 64
             self.line(f"m-edgekit-info-[model={self.name},sha256={digest},model_bytes={len(self.model)},"
                       f"arena_bytes={self.arena_size},arena_used={self.arena_used},clock_hz=0,board=host-sim,"
-                      f"cmd_buffer={COMMAND_BUFFER},timer_bits={TIMER_BITS},"
+                      f"cmd_buffer={COMMAND_BUFFER - 1},timer_bits={TIMER_BITS},"
                       f"mlperf_model={self.conv.model_id if self.conv else 'none'}]")
         elif verb == "edgekit-output":
             raw = b"" if self.output is None else self.output.tobytes()

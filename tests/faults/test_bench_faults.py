@@ -144,8 +144,10 @@ def test_invalid_baud(models: dict[str, Path], tmp_path: Path, baud: str) -> Non
 
 
 def test_missing_model(tmp_path: Path) -> None:
-    proc = run_cli("bench", str(tmp_path / "nosuch.tflite"), "-t", "cortex-m4", "--port", "/dev/null", timeout=60)
-    _one_line_error(proc, "does not exist")
+    proc = run_cli("bench", str(tmp_path / "nosuch.tflite"), "-t", "cortex-m4", "--port", "/dev/null",
+                   "-o", str(tmp_path / "out"), timeout=60)
+    _one_line_error(proc, "model file")
+    assert "does not exist" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_input_npz_without_x(models: dict[str, Path], tmp_path: Path) -> None:
@@ -170,14 +172,42 @@ def test_unreadable_input(models: dict[str, Path], tmp_path: Path, name: str, co
 def test_bad_project_manifest(tmp_path: Path, content: str) -> None:
     (tmp_path / "fw").mkdir()
     (tmp_path / "fw" / "edgekit-project.json").write_bytes(content.encode("latin-1"))
-    proc = run_cli("bench", str(tmp_path / "fw"), "--port", "/dev/null", timeout=60)
+    proc = run_cli("bench", str(tmp_path / "fw"), "--port", "/dev/null", "-o", str(tmp_path / "out"), timeout=60)
     _one_line_error(proc, "edgekit-project.json")
+    assert not (tmp_path / "out").exists()
 
 
 def test_too_many_runs(models: dict[str, Path], tmp_path: Path) -> None:
     proc = run_cli("bench", str(models["int8"]), "-t", "cortex-m4", "--port", "/dev/null", "--runs", "1000000000",
-                   timeout=60)
+                   "-o", str(tmp_path / "out"), timeout=60)
     _one_line_error(proc, "more than bench takes")
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_is_shown_on_a_terminal(models: dict[str, Path], tmp_path: Path) -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        with faulty(models["int8"], "--model-id", "kws01") as port:
+            proc = subprocess.run([sys.executable, "-m", "edgekit", "bench", str(models["int8"]), "-t", "cortex-m4",
+                                   "--port", port, "--method", "per-inference", "--runs", "40", "--warmup", "0"],
+                                  stdout=subprocess.PIPE, stderr=slave, text=True, timeout=120, check=False)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, shown
+    assert b"bench 40/40:" in shown and b"\r" in shown  # one line, rewritten in place
 
 
 @pytest.mark.parametrize("flags", [["--stop-after", "-1"], ["--reset-after", "-2"], ["--stop-after", "0"]])

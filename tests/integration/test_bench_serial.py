@@ -52,7 +52,7 @@ def test_bench_against_the_emulator(models: dict[str, Path], tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["extensions"] is True and r["runs"] == 8 and len(r["latencies_us"]) == 8
-    assert r["method"] == "per-inference" and r["upload_bytes_per_line"] == 64  # edgekit-info's cmd_buffer=256
+    assert r["method"] == "per-inference" and r["upload_bytes_per_line"] == 64  # edgekit-info's cmd_buffer=255
     assert r["checks"]["model_hash"] == "match"
     assert r["checks"]["output"] == "exact match with the TFLM host interpreter"
     assert r["time_kind"].startswith("host")  # emulator latencies are labelled host times
@@ -215,7 +215,7 @@ def test_device_sim_follows_the_mlperf_tiny_device_api(models: dict[str, Path]) 
     assert w.say("infer").startswith("m-warmup-start-10\r\nm-warmup-done\r\nm-infer-start-1\r\n")  # infer = 1 10
     assert w.say("infer 3").startswith("m-warmup-start-10\r\n")
     info = w.say("edgekit-info")
-    assert "cmd_buffer=256,timer_bits=32,mlperf_model=none]" in info
+    assert "cmd_buffer=255,timer_bits=32,mlperf_model=none]" in info
     assert w.say("x" * 300).startswith("e-[command too long")
     laps = [int(v) for v in re.findall(r"m-lap-us-(\d+)", w.say("infer 1 0"))]
     assert len(laps) == 2 and all(0 <= v < 2**32 for v in laps)
@@ -275,3 +275,21 @@ def test_host_overhead_only_where_the_device_clock_is_real_time(models: dict[str
     virtual = run("virtual time (QEMU -icount shift=7)")
     assert virtual.host_overhead_ms_per_command is None
     assert any("host overhead per command not computed" in n for n in virtual.notes)
+
+
+def test_arena_figures_are_labelled(models: dict[str, Path]) -> None:
+    """edgekit firmware reports arena_min (the smallest arena that allocates on the device) beside TFLM's
+    arena_used_bytes(); bench reports both, and says which one the arena must be sized against."""
+    from edgekit.bench.runner import bench
+    from tests.doubles.faults import Faults, FaultyDevice, MemoryTransport
+    from tests.doubles.serve_dut import SimEngine
+
+    engine = SimEngine(models["int8"].read_bytes(), "cnn_int8", None)
+    device = FaultyDevice(engine, Faults())
+    plain = engine.write_raw
+    engine.write_raw = lambda data: plain(data.replace(b",arena_used=", b",arena_min=7040,arena_used="))
+    engine.boot()
+    r = bench(models["int8"], "cortex-m4", MemoryTransport(device), runs=3, warmup=0)
+    assert r.arena_min == 7040 and r.arena_used == engine.sim.arena_used
+    assert r.checks["arena"].startswith("arena_min 7040 bytes (the smallest arena that allocates on the device")
+    assert "not a safe arena size" in r.checks["arena"]
