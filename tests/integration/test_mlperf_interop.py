@@ -289,8 +289,8 @@ def test_mlperf_runner_against_the_reference_double(models: dict[str, Path], tmp
 
 
 def test_mlperf_runner_valid_run_of_at_least_10_seconds(models: dict[str, Path], tmp_path: Path) -> None:
-    """A run that meets MLPerf Tiny's rules (5 windows, the loop lasting >= 10 s): the runner prints its
-    median throughput, and it agrees with `edgekit bench --method window` on the same device."""
+    """A run that meets MLPerf Tiny's rules (5 windows, the loop lasting >= 10 s, sized with `edgekit bench
+    --method window` on the same device): the runner prints its median throughput."""
     reason = _runner_missing()
     if reason:
         pytest.skip(reason)
@@ -298,10 +298,11 @@ def test_mlperf_runner_valid_run_of_at_least_10_seconds(models: dict[str, Path],
     data = _dataset(tmp_path / "data", "kws01", [rng.integers(-128, 128, 64, dtype=np.int8).tobytes()] * 5)
     (tmp_path / "work").mkdir()
     with device_sim(models["int8"], "--mlperf-model", "kws01", "--no-extensions") as port:
-        proc = run_cli("bench", str(models["int8"]), "-t", "cortex-m4", "--port", port, "--window-seconds", "2.2",
+        proc = run_cli("bench", str(models["int8"]), "-t", "cortex-m4", "--port", port, "--window-seconds", "1.5",
                        "--windows", "1", "--json", timeout=120)
         assert proc.returncode == 0, proc.stderr
-        n = json.loads(proc.stdout)["window_inferences"]
+        # windows of ~3.3 s: the loop of 5 lasts >= 10 s even if the shared machine gets 1.6x faster meanwhile
+        n = 2 * json.loads(proc.stdout)["window_inferences"]
         script = tmp_path / "tests_valid.yaml"
         script.write_text(f"kws01:\n  name: keyword_spotting\n  model: kws01\n  truth_file: y_labels.csv\n"
                           f"  script:\n    - loop 5:\n      - download\n      - infer {n} 10\n")
