@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", help="class labels, one per line, in output order")
     c.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--no-plan", action="store_true",
+                   help="keep the model's bytes as given: do not embed a verified memory plan (smaller arena)")
 
     sc = sub.add_parser("scaffold", help="a complete firmware or app project around MODEL")
     sc.add_argument("model", help=".tflite (cmake, arduino, zephyr, android) or .mlpackage (ios)")
@@ -257,8 +259,10 @@ def _cmd_codegen(args: argparse.Namespace) -> int:
     from edgekit.codegen.generate import codegen
 
     r = codegen(args.model, args.target, args.output, name=args.name, section=args.section, labels=args.labels,
-                allow_over_budget=args.allow_over_budget, force=args.force)
+                allow_over_budget=args.allow_over_budget, force=args.force, plan=not args.no_plan)
     print(f"wrote {r.out_dir}/: {', '.join(r.files)}")
+    for note in r.notes:
+        print(f"  {note}")
     print(f"  {r.size:,} B model array, {len(r.ops)} ops ({', '.join(r.ops)}), arena {r.arena_bytes:,} B "
           f"(measured {r.arena_measured:,} B on the host TFLM + margin)")
     return EXIT_OK

@@ -40,6 +40,7 @@ class Job:
     worker: Any = None
     latency: str = "model"  # model: the deterministic cost model; host: LiteRT timed on this host (opt-in)
     coreml_base: Path | None = None
+    plan_memory: bool = True  # embed a verified offline memory plan in TFLM candidates
 
     @property
     def host_timing(self) -> bool:
@@ -141,8 +142,17 @@ def build_tflite(job: Job, rung: Rung, cand: Candidate) -> Path:
                 tfl, cand.stripped, run = strip_verified(tfl, ev.x, worker)
             else:
                 run = tflm_session([tfl], ev.x, worker)[0]
+            arena = run.arena_bytes
+            if job.plan_memory:  # every Cortex-M candidate: a verified offline memory plan, applied last
+                from edgekit.stages import memplan
+
+                planned = memplan.optimize(tfl, worker=worker)
+                cand.memory_plan = planned.note
+                if planned.applied and planned.verification is not None:
+                    tfl = planned.data
+                    arena = planned.verification.head_after + planned.verification.tail_after
             graph = read_graph(tfl)
-            cand.ram_bytes, cand.ram_kind = run.arena_bytes, "tflm-arena"
+            cand.ram_bytes, cand.ram_kind = arena, "tflm-arena"
             cand.metric = met(ev.y, run.outputs)
             cand.evaluated_on = "TFLM host interpreter (reference kernels)"
         else:

@@ -25,7 +25,7 @@ from edgekit import options
 from edgekit._hashing import content_hash
 from edgekit.fitting.types import Candidate
 
-CACHE_VERSION = "fit-2"  # fit-2: records carry the artifact's and their own sha256
+CACHE_VERSION = "fit-3"  # fit-2: records carry the artifact's and their own sha256; fit-3: memory plans
 
 
 def array_hash(*arrays: np.ndarray | None) -> str:
