@@ -173,7 +173,7 @@ def scaffold(model: str | os.PathLike[str], target: str | TargetProfile, build: 
     manifest = {
         "generator": f"edgekit {_version()}",
         "build": build,
-        "target": profile.name,
+        "target": _target_ref(profile),
         "target_profile": {k: v for k, v in sorted(profile.values.items()) if not k.startswith("ops.allow")},
         "model": {"file": Path(model).name, "sha256": ctx["sha256"], "bytes": ctx["size"]},
         "arena": {"constant_bytes": ctx.get("arena_bytes"), "measured_host_bytes": ctx.get("arena_measured"),
@@ -188,6 +188,22 @@ def scaffold(model: str | os.PathLike[str], target: str | TargetProfile, build: 
     files["edgekit-project.json"] = json.dumps(manifest, indent=2) + "\n"
     render.write_tree(out, files, force)
     return ScaffoldResult(out_dir=out, build=build, files=sorted(files), manifest=manifest)
+
+
+def _target_ref(profile: TargetProfile) -> str:
+    """How `edgekit bench PROJECT` finds the profile again: its name if that resolves to the same file on the
+    search path, else the profile file's absolute path (a user's board given as a path)."""
+    from edgekit.errors import ProfileError
+
+    if profile.path is None:
+        return profile.name
+    try:
+        found = load_profile(profile.name).path
+    except ProfileError:
+        found = None
+    if found is not None and found.resolve() == profile.path.resolve():
+        return profile.name
+    return str(profile.path.resolve())
 
 
 def _mcu_files(model: str | os.PathLike[str], profile: TargetProfile, build: str, name: str | None,

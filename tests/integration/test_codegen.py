@@ -333,3 +333,16 @@ def test_cmake_scaffold_readme_and_library_prerequisites(models: dict[str, Path]
     for needle in ("TARGET_ARCH=cortex-m7+fp", "-DBOARD=qemu", "qemu-system-arm -M mps2-an386",
                    "edgekit bench", "arena_min"):
         assert needle in readme, needle
+
+
+def test_manifest_names_a_user_profile_by_path(models: dict[str, Path], tmp_path: Path) -> None:
+    """`edgekit bench PROJECT` reads the target from the manifest: a profile given as a file must be found again."""
+    from edgekit.codegen.scaffold import scaffold
+    from edgekit.profiles import load_profile
+
+    board = DATA / "targets" / "valid_qemu_cortex_m3.toml"
+    scaffold(models["int8"], str(board), "cmake", tmp_path / "fw")
+    target = json.loads((tmp_path / "fw" / "edgekit-project.json").read_text())["target"]
+    assert target == str(board.resolve()) and load_profile(target).cpu == "cortex-m3"
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "m4")
+    assert json.loads((tmp_path / "m4" / "edgekit-project.json").read_text())["target"] == "cortex-m4"
