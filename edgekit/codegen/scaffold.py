@@ -47,8 +47,9 @@ CORE_IRQS = {"cortex-m0plus": 32, "cortex-m3": 240, "cortex-m4": 240, "cortex-m7
 ZEPHYR_QEMU_BOARDS = {"mps2/an385": "mps2_an385", "qemu_cortex_m3": "qemu_cortex_m3",
                       "mps3/corstone300/an547": "mps3_corstone300_an547", "mps2/an521/cpu0": "mps2_an521_cpu0"}
 
-# measured on the generated project for mps2/an385 (Zephyr 4.1.0, Debian arm-none-eabi-gcc 12.2), shown in its README
-ZEPHYR_BUILD_TIME = "about 7 minutes on 2 cores"
+# measured on the generated project for mps2/an385 (Zephyr 4.1.0, Debian arm-none-eabi-gcc 12.2): 1,000 CPU-s
+# (34 min wall on a 2-core machine under a load of 6-7); shown in the project's README
+ZEPHYR_BUILD_TIME = "about 17 CPU-minutes: some 9 minutes on 2 idle cores"
 
 # MLPerf Tiny benchmark ids and how each reference firmware (benchmark/reference_submissions/*/
 # submitter_implemented.cpp in mlcommons/tiny) takes its input and prints its result
