@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--section", help="linker section for the model array")
     sc.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     sc.add_argument("--force", action="store_true", help="replace an existing output directory")
+    sc.add_argument("--no-plan", action="store_true",
+                    help="keep the model's bytes as given: do not embed a verified memory plan (smaller arena)")
+    sc.add_argument("--mlperf-model", choices=["ic01", "kws01", "vww01", "ad01"],
+                    help="firmware: answer as this MLPerf Tiny benchmark (m-model-[ID]) and take its input as "
+                         "its reference firmware does (ic01/vww01 uint8 pixels, ad01 float32, kws01 int8); "
+                         "default: none (m-model-[NAME], raw input tensor bytes)")
+    sc.add_argument("--zephyr-uart", metavar="LABEL",
+                    help="zephyr: the devicetree node label of the UART the protocol uses (default: the board's "
+                         "zephyr,console UART)")
 
     be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
     be.add_argument("model", help="the deployed .tflite, or a scaffolded project directory (edgekit-project.json)")
@@ -272,8 +281,11 @@ def _cmd_scaffold(args: argparse.Namespace) -> int:
     from edgekit.codegen.scaffold import scaffold
 
     r = scaffold(args.model, args.target, args.build, args.output, name=args.name, labels=args.labels,
-                 section=args.section, allow_over_budget=args.allow_over_budget, force=args.force)
+                 section=args.section, allow_over_budget=args.allow_over_budget, force=args.force,
+                 mlperf_model=args.mlperf_model, zephyr_uart=args.zephyr_uart, plan=not args.no_plan)
     print(f"wrote {r.out_dir}/ ({r.build}, {len(r.files)} files; see edgekit-project.json)")
+    for note in r.notes:
+        print(f"  {note}")
     return EXIT_OK
 
 
