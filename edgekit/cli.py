@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency figure to rank by: model = deterministic per-runtime cost model (default, the "
                         "same artifact every run); host = LiteRT timed on this host (CPU phone targets only)")
     f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
-    f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder)")
+    f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder): "
+                   "TFLM float32,int16x8,int8; LiteRT float32,float16,dynamic,int8; Core ML fp16,linear-int8,"
+                   "palettize-8bit,palettize-6bit,palettize-4bit,palettize-2bit,prune-50")
     f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="zephyr: the devicetree node label of the UART the protocol uses (default: the board's "
                          "zephyr,console UART)")
 
-    be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
+    be = sub.add_parser("bench", help="on-device latency: a board over serial (MLPerf Tiny runner protocol), "
+                        "QEMU, or an Android phone over adb (--adb)")
     be.add_argument("model", help="the deployed .tflite, or a scaffolded project directory (edgekit-project.json)")
     be.add_argument("--target", "-t", help="profile name or .toml path (default: the project's)")
     where = be.add_mutually_exclusive_group(required=True)
@@ -111,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--adb", action="store_true", help="an Android phone over adb, with TFLite's benchmark_model")
     be.add_argument("--serial", help="adb device serial (needed when several are attached)")
     be.add_argument("--benchmark-binary", help="TFLite benchmark_model built for the phone (with --adb)")
-    be.add_argument("--big-cores", action="store_true", help="pin benchmark_model to the big cores (taskset f0)")
+    be.add_argument("--big-cores", action="store_true",
+                    help="pin benchmark_model (taskset) to the phone's cores with the highest maximum frequency")
     be.add_argument("--baud", type=_whole(1), help="baud rate (default: the profile's)")
     be.add_argument("--runs", type=_whole(1), default=50, help="timed inferences, per-inference method (default 50)")
     be.add_argument("--warmup", type=_whole(0), default=5, help="warm-up inferences (default 5)")
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--stop-after", type=_seconds, help="exit after this many seconds")
 
     k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
-    k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
+    k.add_argument("model", help=".tflite, .mlpackage, .keras, .h5, SavedModel directory or .onnx")
     k.add_argument("--target", "-t", required=True, help="profile name or .toml path")
     k.add_argument("--calib", help="calibration data for a float model")
     k.add_argument("--input-shape", metavar="DIMS",
@@ -166,7 +170,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="keep each target's artifact and report under this directory")
     d.add_argument("--force", action="store_true", help="replace existing output directories")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+    _conventions(sub)
     return p
+
+
+EXITS = {  # every subcommand's help ends with its exit codes (docs/exit-codes.md has the whole table)
+    "targets": "0 listed or shown; 2 unknown or invalid profile",
+    "analyze": "0 fits every budget; 1 does not fit (the table says which budget, by how much); 2 error",
+    "fit": "0 a winner meets every budget within --max-drop; 1 nothing fits (the closest is written); 2 error",
+    "codegen": "0 written; 1 does not fit (nothing written; --allow-over-budget to generate anyway); 2 error",
+    "scaffold": "0 written; 1 does not fit (nothing written; --allow-over-budget to generate anyway); 2 error",
+    "bench": "0 done, within the latency budget or with none; 1 over the profile's latency_ms; 2 error "
+             "(including a device output that differs from the TFLM host interpreter)",
+    "device-sim": "0 ended by edgekit-exit or --stop-after; 2 error",
+    "check": "0 fits; 1 does not fit; 2 error",
+    "config": "0 listed; 2 an EDGEKIT_* setting has an invalid value",
+    "cache": "0 done; 2 error",
+    "completion": "0 printed",
+    "demo": "0 every target fits; 1 at least one does not; 2 error",
+}
+
+
+def _conventions(sub: Any) -> None:
+    """What every subcommand has: --debug after the subcommand too, and its exit codes in its help."""
+    for name, parser in sub.choices.items():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks on errors")
+        parser.epilog = (f"exit codes: {EXITS[name]}; 130/143 interrupted or terminated"
+                         if name in EXITS else None)
 
 
 def _non_negative(text: str) -> float:
