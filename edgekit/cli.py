@@ -450,8 +450,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
         if report.arena_measured is not None:
             ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
-        elif report.ram_kind == "not measured":
-            ram = "ram not measured"
+        elif report.ram_kind in ("not measured", "not checked"):
+            ram = f"ram {report.ram_kind}"
         else:
             ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
         print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, {ram})")

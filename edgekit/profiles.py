@@ -98,7 +98,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "dtypes": ((list,), "tensor data types the runtime accepts: " + ", ".join(DTYPES)),
     },
     "transport": {
-        "kind": ((str,), "serial | adb"),
+        "kind": ((str,), "serial | adb | none (no transport edgekit can bench over, e.g. iOS)"),
         "baud": ((int,), "serial baud rate"),
     },
 }
@@ -340,7 +340,7 @@ CHOICES = {
     "runtime.compute_precision": ("fp16", "fp32"),
     "runtime.compute_units": ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"),
     "hardware.simd": ("none", "dsp", "helium", "neon"),
-    "transport.kind": ("serial", "adb"),
+    "transport.kind": ("serial", "adb", "none"),
 }
 # key -> (smallest allowed, largest allowed, what it is)
 RANGES: dict[str, tuple[float, float, str]] = {

@@ -177,3 +177,22 @@ def test_coreml_target_measures_mlpackage(models: dict[str, Path]) -> None:
     # fp16 weights: about half the float32 weight bytes, plus the package's own files
     float_weights = (320 + 18_496 + 32_896 + 1_290) * 4
     assert float_weights / 2 <= out["flash_bytes"] < float_weights
+
+
+def test_check_an_mlpackage_says_what_it_checked(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit import intake
+    from edgekit.profiles import load_profile
+    from edgekit.stages import coreml
+
+    art = intake.load(models["keras"])
+    pkg = coreml.convert(art, load_profile("ios-ane"), tmp_path / "m.mlpackage")
+    proc = run_cli("check", str(pkg), "-t", "ios-ane", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # RAM from the Core ML program: at least the largest fp16 activation (8x8x32 after the first conv)
+    assert out["ram_kind"].startswith("estimate") and out["ram_bytes"] >= 8 * 8 * 32 * 2
+    assert "ram" in out["budgets"] and any(n.startswith("checked: the package's size") for n in out["notes"])
+    from tests.unit.test_core_install import CORE
+
+    core = run_cli("check", str(pkg), "-t", "ios-ane", env=CORE)  # no coremltools: said, not guessed as 0
+    assert core.returncode == 0 and "ram not checked" in core.stdout, core.stdout + core.stderr
