@@ -40,6 +40,7 @@ class AnalysisReport:
     arena_measured: int | None = None  # TFLM targets: the arena the host TFLM interpreter allocated
     blockers: list[str] = field(default_factory=list)  # TFLM targets: why TFLM cannot run the model
     params_estimate: int | None = None  # the model was not converted: its parameter count
+    delegation: dict[str, Any] | None = None  # LiteRT GPU/NNAPI targets: which operators the delegate takes
 
     @property
     def fits(self) -> bool:
@@ -75,6 +76,7 @@ class AnalysisReport:
                  "macs": la.macs, "weight_bytes": la.weight_bytes}
                 for la in g.layers
             ],
+            "delegation": self.delegation,
             "notes": self.notes,
         }
 
@@ -227,6 +229,14 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         ram, ram_kind = graph.peak_activation_bytes(), "peak-activation"
         ram_budget = Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind)
         notes.append("RAM is the peak activation memory (sum of live tensors, execution order)")
+        if graph.dequantized_weight_bytes:
+            notes.append(f"weights apart: {graph.dequantized_weight_bytes:,} B of weights are dequantized to float "
+                         "when the interpreter prepares (held like weights, not counted as activations)")
+    coverage = compat.delegate_coverage(graph, profile)
+    if coverage is not None:
+        severity = "" if not coverage.on_cpu else (
+            "DOES NOT FIT (require_full_delegation): " if profile.require_full_delegation else "WARNING: ")
+        notes.append(severity + coverage.summary())
     blockers = tflm.blockers if tflm is not None else []
     arena = tflm.arena.to_dict() if tflm is not None and tflm.arena is not None else None
     if arena is not None and tflm is not None and tflm.arena is not None:
@@ -239,7 +249,7 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         budgets=budgets(profile, graph, len(tfl), kind, ram_budget, blockers),
         unsupported_ops=unsupported, findings=findings, calibration=calib_label,
         arena=arena, notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None,
-        blockers=blockers,
+        blockers=blockers, delegation=coverage.to_dict() if coverage is not None else None,
     )
 
 
