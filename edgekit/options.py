@@ -73,7 +73,7 @@ PATH_SETTINGS = (
                                             "searched after the built-in targets/"),
 )
 # modules that declare further options beside their code; imported by all_options()
-OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.evaluate", "edgekit.transports.base",
+OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder")
 
