@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,32 +13,11 @@ from edgekit import data as data_mod
 from edgekit import intake
 from edgekit.analysis import compat
 from edgekit.analysis.graph import Graph, read_graph
-from edgekit.errors import EdgekitError
+from edgekit.analysis.verdict import Budget, TflmAssessment, assess_tflm, budgets, hopeless
+from edgekit.errors import DataError, EdgekitError, ModelError
 from edgekit.profiles import TargetProfile, load_profile
 
-
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    limit: int | float
-    used: int | float
-    unit: str
-    note: str = ""
-
-    @property
-    def fits(self) -> bool:
-        return self.used <= self.limit
-
-    @property
-    def margin(self) -> int | float:
-        return self.limit - self.used
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"limit": self.limit, "used": self.used, "fits": self.fits,
-                             "margin": self.margin, "unit": self.unit}
-        if self.note:
-            d["note"] = self.note
-        return d
+__all__ = ["AnalysisReport", "Budget", "analyze"]
 
 
 @dataclass
@@ -57,6 +37,9 @@ class AnalysisReport:
     arena: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     deployable: bytes | None = field(default=None, repr=False)
+    arena_measured: int | None = None  # TFLM targets: the arena the host TFLM interpreter allocated
+    blockers: list[str] = field(default_factory=list)  # TFLM targets: why TFLM cannot run the model
+    params_estimate: int | None = None  # the model was not converted: its parameter count
 
     @property
     def fits(self) -> bool:
@@ -71,10 +54,11 @@ class AnalysisReport:
             "artifact": self.artifact_kind,
             "fits": self.fits,
             "flash_bytes": self.flash_bytes,
-            "arena_bytes": self.ram_bytes if self.ram_kind == "tflm-arena" else None,
+            "arena_bytes": self.arena_measured,
+            "arena_reserved_bytes": self.ram_bytes if self.arena_measured is not None else None,
             "ram_bytes": self.ram_bytes,
             "ram_kind": self.ram_kind,
-            "params": g.params,
+            "params": self.params_estimate if self.params_estimate is not None else g.params,
             "macs": g.macs,
             "ops": g.ops,
             "dtypes": g.dtypes,
@@ -82,6 +66,7 @@ class AnalysisReport:
             "unsupported": [{"constraint": f.constraint, "reason": f.reason, "items": list(f.items)}
                             for f in self.findings],
             "budgets": {b.name: b.to_dict() for b in self.budgets},
+            "blockers": self.blockers,
             "calibration": self.calibration,
             "arena": self.arena,
             "layers": [
@@ -99,10 +84,7 @@ def _deployable(art: intake.Artifact, profile: TargetProfile, calib_path: str | 
     """Convert ``art`` the way ``profile`` deploys it; returns (tflite bytes, calibration label)."""
     from edgekit.stages import quantize
 
-    if art.tflite is not None:
-        if calib_path:
-            notes.append("--calib ignored: the model is already a .tflite file")
-        return art.tflite, "none (model given as .tflite)"
+    assert art.tflite is None
     mode = quantize.ARTIFACT_MODE.get(profile.artifact, "float32")
     calib: data_mod.Dataset | None = None
     label = "none (not needed for " + mode + ")"
@@ -118,13 +100,26 @@ def _deployable(art: intake.Artifact, profile: TargetProfile, calib_path: str | 
     return quantize.convert(art, mode, calib, profile.io_dtype), label
 
 
-def analyze(model: str | os.PathLike[str], target: str | TargetProfile,
-            calib: str | None = None) -> AnalysisReport:
-    """Analyze ``model`` against ``target`` (a profile name, path, or TargetProfile)."""
+def analyze(model: str | os.PathLike[str], target: str | TargetProfile, calib: str | None = None,
+            input_shape: str | Sequence[int] | None = None) -> AnalysisReport:
+    """Analyze ``model`` against ``target`` (a profile name, path, or TargetProfile).
+
+    ``input_shape`` (e.g. "1,96,96,3") fixes the input dimensions a source model leaves dynamic.
+    """
     profile = target if isinstance(target, TargetProfile) else load_profile(target)
     if Path(model).suffix == ".mlpackage" and Path(model).is_dir():
+        if calib:
+            raise DataError(f"--calib is for float source models; {model} is an already converted .mlpackage",
+                            "drop --calib")
         return _analyze_mlpackage(Path(model), profile)
-    art = intake.load(model)
+    if profile.runtime != "coreml" and Path(model).suffix.lower() in (".keras", ".h5", ".hdf5"):
+        # weights far over the flash budget: a verdict from the file's weight datasets, before TensorFlow
+        # loads them (a 200 MB model would otherwise take gigabytes and minutes to say the same)
+        weights = intake.stored_weight_count(Path(model))
+        early = _hopeless_report(str(model), profile, weights, []) if weights else None
+        if early is not None:
+            return early
+    art = intake.load(model, input_shape=input_shape)
     notes: list[str] = list(art.notes)
     try:
         return _analyze(art, profile, calib, notes)
@@ -132,49 +127,116 @@ def analyze(model: str | os.PathLike[str], target: str | TargetProfile,
         art.cleanup()
 
 
+def _check_given_tflite(art: intake.Artifact, graph: Graph, calib: str | None) -> None:
+    """A .tflite is analysed as it is: no calibration, and a fixed input shape."""
+    from edgekit.stages import quantize
+
+    if calib:
+        raise DataError(f"--calib is for float source models; {art.source} is already a .tflite (its "
+                        "quantization is fixed, the data would not be used)",
+                        "drop --calib, or pass the source model (.keras, SavedModel or .onnx) to convert it")
+    if len(graph.inputs) == 1:
+        quantize.input_shape(art)  # dynamic dimensions, or an --input-shape that contradicts the model
+    elif graph.dynamic_inputs():
+        t = graph.dynamic_inputs()[0]
+        raise ModelError(f"{art.source}: input {t.name or t.index} {t.shape_text()} has dynamic dimensions; "
+                         "a deployable model needs a fixed shape", "re-convert it from the source model with a "
+                         "fixed input shape")
+    elif art.input_shape is not None:
+        raise ModelError(f"--input-shape applies to single-input models; {art.source} has {len(graph.inputs)}")
+
+
+def _param_count(art: intake.Artifact) -> int | None:
+    """The source model's parameter count, without converting it (None when it cannot be had cheaply)."""
+    if art.keras_model is not None:
+        return int(art.keras_model.count_params())
+    if art.float_tflite_cache is not None:
+        return read_graph(art.float_tflite_cache).params
+    if art.saved_model_dir is not None:
+        from math import prod
+
+        from edgekit._tf import tf
+
+        try:
+            variables = tf.train.list_variables(str(art.saved_model_dir / "variables" / "variables"))
+        except Exception:  # no variables file (constants folded in): the conversion will tell
+            return None
+        return sum(prod(shape) for name, shape in variables if "OPTIMIZER_SLOT" not in name and shape)
+    return None
+
+
+_BYTES_PER_PARAM = {"int8": 1, "int16x8": 1, "dynamic": 1, "float16": 2, "float32": 4}
+
+
+def _hopeless_report(source: str, profile: TargetProfile, params: int, notes: list[str]) -> AnalysisReport | None:
+    """A verdict before any conversion for a model whose weights alone are FLASH_HOPELESS_FACTOR
+    times the flash budget (converting and measuring it would take minutes and gigabytes to say so)."""
+    from edgekit.stages import quantize
+
+    mode = quantize.ARTIFACT_MODE.get(profile.artifact, "float32")
+    per = _BYTES_PER_PARAM.get(mode, 1)
+    estimate = params * per
+    if not hopeless(estimate, profile.flash_bytes):
+        return None
+    notes.append(f"not converted: {params:,} parameters take at least about {estimate:,} B as {mode} "
+                 f"({per} B each), {estimate / max(profile.flash_bytes, 1):,.0f}x the flash budget; RAM, "
+                 "operators and data types were not analysed")
+    return AnalysisReport(
+        model=source, target=profile.name, runtime=profile.runtime,
+        artifact_kind=f"{profile.artifact} (not converted)", flash_bytes=estimate, ram_bytes=0,
+        ram_kind="not measured", graph=Graph(size_bytes=0, tensors=[], layers=[], inputs=[], outputs=[], subgraphs=0),
+        budgets=[Budget("flash", profile.flash_bytes, estimate, "bytes",
+                        f"estimate: {params:,} parameters x {per} B ({mode})")],
+        unsupported_ops=[], findings=[], calibration="none (not converted)", notes=notes, params_estimate=params,
+    )
+
+
 def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
              notes: list[str]) -> AnalysisReport:
-    findings: list[compat.Finding] = []
+    from edgekit.stages import quantize
+
     if profile.runtime == "coreml":
         return _analyze_coreml(art, profile, calib, notes)
-    tfl, calib_label = _deployable(art, profile, calib, notes)
-    graph = read_graph(tfl, where=str(art.source))
+    if art.tflite is not None:
+        tfl = art.tflite
+        graph = read_graph(tfl, where=str(art.source))
+        _check_given_tflite(art, graph, calib)
+        kind = f"tflite-{graph.quantization}"
+        artifact_kind, calib_label = f"{kind} (as given)", "none (model given as .tflite)"
+        if kind != profile.artifact:
+            notes.append(f"{profile.name} deploys {profile.artifact}; this .tflite is {kind}: run `edgekit fit` "
+                         f"on its source model (.keras, SavedModel or .onnx) to get the {profile.artifact} form")
+    else:
+        quantize.input_shape(art)  # dynamic dimensions are a clear error before any work
+        params = _param_count(art)
+        early = _hopeless_report(str(art.source), profile, params, notes) if params is not None else None
+        if early is not None:
+            return early
+        tfl, calib_label = _deployable(art, profile, calib, notes)
+        graph = read_graph(tfl, where=str(art.source))
+        kind = artifact_kind = profile.artifact
     findings = compat.check(graph, profile)
     unsupported = compat.unsupported_ops(graph, profile)
-    arena_info: dict[str, Any] | None = None
+    tflm: TflmAssessment | None = None
     if profile.is_tflm:
-        if unsupported:
-            raise_unsupported = ", ".join(unsupported)
-            ram = graph.peak_activation_bytes()
-            ram_kind = "peak-activation"
-            notes.append(f"arena not measured: TFLM does not register {raise_unsupported}; "
-                         "RAM shows the peak activation memory instead")
-        else:
-            from edgekit.analysis.arena import measure_arena
-
-            m = measure_arena(tfl)
-            ram, ram_kind = m.total_bytes, "tflm-arena"
-            arena_info = m.to_dict()
-            notes.append("arena measured with the host TFLM interpreter (64-bit pointers); a 32-bit "
-                         "Cortex-M build needs slightly less (pointer-sized bookkeeping)")
+        tflm = assess_tflm(tfl, graph, profile)
+        ram, ram_kind = tflm.ram_bytes, tflm.ram_kind
+        ram_budget = tflm.ram_budget(profile)
+        notes.extend(tflm.notes)
     else:
         ram, ram_kind = graph.peak_activation_bytes(), "peak-activation"
+        ram_budget = Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind)
         notes.append("RAM is the peak activation memory (sum of live tensors, execution order)")
-    budgets = [
-        Budget("flash", profile.flash_bytes, len(tfl), "bytes", profile.artifact),
-        Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind),
-        Budget("ops", 0, len(unsupported), "unsupported operators", ", ".join(unsupported)),
-        Budget("dtypes", 0, len(compat.constraint_dtypes(graph, profile)), "unsupported data types",
-               ", ".join(compat.constraint_dtypes(graph, profile))),
-    ]
+    blockers = tflm.blockers if tflm is not None else []
     if profile.latency_ms is not None:
         notes.append(f"latency budget {profile.latency_ms} ms is checked by `edgekit bench`, not analyze")
     return AnalysisReport(
-        model=str(art.source), target=profile.name, runtime=profile.runtime,
-        artifact_kind=profile.artifact if art.tflite is None else "tflite (as given)",
-        flash_bytes=len(tfl), ram_bytes=ram, ram_kind=ram_kind, graph=graph, budgets=budgets,
-        unsupported_ops=unsupported, findings=findings, calibration=calib_label, arena=arena_info,
-        notes=notes, deployable=tfl,
+        model=str(art.source), target=profile.name, runtime=profile.runtime, artifact_kind=artifact_kind,
+        flash_bytes=len(tfl), ram_bytes=ram, ram_kind=ram_kind, graph=graph,
+        budgets=budgets(profile, graph, len(tfl), kind, ram_budget, blockers),
+        unsupported_ops=unsupported, findings=findings, calibration=calib_label,
+        arena=tflm.arena.to_dict() if tflm is not None and tflm.arena is not None else None,
+        notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None, blockers=blockers,
     )
 
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("model", help=".keras, .h5, SavedModel directory, .tflite or .onnx")
     a.add_argument("--target", "-t", required=True, help="profile name (edgekit targets list) or .toml path")
     a.add_argument("--calib", help="calibration data (.npy, .npz with x/y, or an image folder)")
+    a.add_argument("--input-shape", metavar="DIMS",
+                   help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
     f.add_argument("--json", action="store_true", help="print report.json instead of the table")
+    f.add_argument("--input-shape", metavar="DIMS",
+                   help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
 
     c = sub.add_parser("codegen", help="C array, model settings and op resolver for a TFLM target")
     c.add_argument("model", help="the deployable .tflite (e.g. from edgekit fit)")
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
     k.add_argument("--target", "-t", required=True, help="profile name or .toml path")
     k.add_argument("--calib", help="calibration data for a float model")
+    k.add_argument("--input-shape", metavar="DIMS",
+                   help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
     k.add_argument("--json", action="store_true", help="print one JSON object")
 
     cf = sub.add_parser("config", help="every EDGEKIT_* setting: its value, where it came from, what it does")
@@ -199,7 +205,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from edgekit.analyzer import analyze
 
-    report = analyze(args.model, args.target, calib=args.calib)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -225,7 +231,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output, latency=args.latency,
-                 force=args.force, use_cache=not args.no_cache, quiet=args.json,
+                 force=args.force, use_cache=not args.no_cache, quiet=args.json, input_shape=args.input_shape,
                  only=_candidates(args.candidates))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -326,7 +332,7 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from edgekit.analyzer import analyze
 
-    report = analyze(args.model, args.target, calib=args.calib)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
     if args.json:
         d = report.to_dict()
         d.pop("layers", None)
@@ -335,8 +341,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         over = [f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
                 for b in report.budgets if not b.fits]
         status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
-        print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, "
-              f"ram {report.ram_bytes:,} B {report.ram_kind})")
+        if report.arena_measured is not None:
+            ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
+        elif report.ram_kind == "not measured":
+            ram = "ram not measured"
+        else:
+            ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
+        print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, {ram})")
     return EXIT_OK if report.fits else EXIT_OVER
 
 

@@ -123,6 +123,32 @@ def host_latency_ms(model: bytes, x: np.ndarray, threads: int = 1, runs: int = 3
     return float(np.median(times) * 1000)
 
 
+_ARENA_TOO_SMALL = ("failed to resize buffer", "failed to allocate", "failed starting model allocation")
+
+
+def _load_captured(runtime: Any, libc: Any, data: bytes, arena: int, log: str) -> tuple[Any, str]:
+    """``runtime.Interpreter.from_bytes`` with what TFLM prints captured in ``log`` (a file, so the
+    parent can read it even when TFLM kills the process): (interpreter or None, TFLM's text)."""
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1), os.dup(2)
+    with open(log, "wb") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            try:
+                interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
+            except RuntimeError:
+                interp = None
+            libc.fflush(None)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+    return interp, Path(log).read_text(errors="replace")
+
+
 def _tflm_worker_main() -> int:
     """Child process: one job per stdin line (a spec file); for each model, find an arena, run
     every sample, print the allocation record; then a done marker."""
@@ -142,18 +168,17 @@ def _tflm_worker_main() -> int:
             data = Path(model_path).read_bytes()
             arena = int(spec["arena"])
             while True:
-                try:
-                    interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
+                interp, said = _load_captured(runtime, libc, data, arena, spec["out"] + f".{i}.log")
+                if interp is not None:
                     break
-                except RuntimeError as exc:
-                    text = str(exc)
-                    # the exception only says "failed to allocate"; why (too small an arena, an op TFLM
-                    # lacks) is what TFLM printed, which the parent reads
-                    if arena >= int(spec["max_arena"]) or "alloc" not in text.lower():
-                        detail = " / ".join(ln.strip() for ln in text.splitlines()[:2] if ln.strip())
-                        print(f"@@edgekit failed {i} {arena} {detail}", flush=True)
-                        return 3
-                    arena = min(int(spec["max_arena"]), arena * 2)
+                # retry with a larger arena only when TFLM said the arena was too small; a kernel's
+                # refusal ("Node X (number N) failed to prepare") is final
+                too_small = any(k in said.lower() for k in _ARENA_TOO_SMALL) and "failed to prepare" not in said
+                if arena >= int(spec["max_arena"]) or not too_small:
+                    print(said, flush=True)
+                    print(f"@@edgekit failed {i} {arena} {'small' if too_small else 'refused'}", flush=True)
+                    return 3
+                arena = min(int(spec["max_arena"]), arena * 2)
             d = interp.get_input_details(0)
             qi = d["quantization_parameters"]
             scale = float(qi["scales"][0]) if len(qi["scales"]) else 0.0
@@ -237,6 +262,36 @@ class TflmWorker:
                 buf += chunk
         return bytes(buf), True
 
+    def _failure(self, models: list[bytes], text: str, out: Path) -> MeasurementError:
+        """The child stopped before its done marker: why, from what it (and TFLM) printed."""
+        import re
+
+        from edgekit.analysis.arena import TflmRefusal, _crash_error, _degenerate_op, tflm_reason
+
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc, self.ready = None, False
+        started = re.findall(r"@@edgekit start (\d+)", text)
+        i = int(started[-1]) if started else 0
+        section = text[text.rfind("@@edgekit start"):] if started else text
+        log = out.with_name(f"{out.name}.{i}.log")
+        if "@@edgekit failed" not in section and log.is_file():  # TFLM killed the child while loading
+            section += "\n" + log.read_text(errors="replace")
+        failed = re.search(r"@@edgekit failed \d+ (\d+) (\w+)", section)
+        if failed and failed.group(2) == "small":
+            return TflmRefusal(f"the model does not allocate even in a {int(failed.group(1)):,}-byte trial arena",
+                               "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
+        if failed:
+            said = tflm_reason(section[: failed.start()])
+            node = re.search(r"Node (\w+) \(number", said)
+            return TflmRefusal("TFLM: " + (said or "the interpreter refused the model without a reason"),
+                               op=node.group(1) if node else None)
+        return _crash_error(code, section, _degenerate_op(models[min(i, len(models) - 1)]))
+
     def run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None = None,
             timeout: options.Option = EVAL_TIMEOUT) -> list[TflmRun]:
         """Run each model on ``x`` (model i on its first ``limits[i]`` samples; 0 = all)."""
@@ -244,7 +299,7 @@ class TflmWorker:
         import re
         import time
 
-        from edgekit.analysis.arena import _crash_error, _degenerate_op, parse_allocation_record
+        from edgekit.analysis.arena import parse_allocation_record
         from edgekit.analysis.graph import read_graph
 
         self.start()
@@ -274,21 +329,7 @@ class TflmWorker:
             raw_out, ok = self._read_until(b"@@edgekit done", deadline)
             text = raw_out.decode(errors="replace")
             if not ok:
-                code = self.proc.wait()
-                self.proc, self.ready = None, False
-                started = re.findall(r"@@edgekit start (\d+)", text)
-                bad = models[int(started[-1])] if started else models[0]
-                failed = re.search(r"@@edgekit failed \d+ (\d+) (.*)", text)
-                if failed:
-                    said = [ln.strip() for ln in text[: failed.start()].splitlines()
-                            if ln.strip() and not ln.startswith("@@edgekit")]
-                    if not said or any("Failed to resize buffer" in ln for ln in said[-3:]):
-                        raise MeasurementError(
-                            f"the model does not allocate even in a {failed.group(1)} byte trial arena",
-                            "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
-                    raise MeasurementError("the TFLM interpreter refused the model: "
-                                           + " / ".join([*said[-2:], failed.group(2)]))
-                raise _crash_error(code, text, _degenerate_op(bad))
+                raise self._failure(models, text, Path(tmp) / "y")
             runs = []
             sections = re.split(r"@@edgekit model \d+ ", text)[1:]
             for i, (m, sect) in enumerate(zip(models, sections, strict=True)):
@@ -331,7 +372,22 @@ class Metric:
     unit: str = ""
 
     def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        return float(self.fn(y_true, y_pred)) * self.scale
+        """The metric's value (in its shown unit); a metric that raises, or returns anything but a finite
+        number, is a one-line DataError naming it."""
+        try:
+            value = self.fn(y_true, y_pred)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise DataError(f"metric {self.name} raised {type(exc).__name__}: {text[0][:200] if text else ''}",
+                            "fix the metric function (it is called as fn(y_true, y_pred))") from None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"metric {self.name} returned {type(value).__name__} {str(value)[:60]!r}, not a number",
+                            "return a float") from None
+        if not np.isfinite(number):
+            raise DataError(f"metric {self.name} returned {number}", "return a finite float") from None
+        return number * self.scale
 
     def drop(self, baseline: float, candidate: float) -> float:
         """How much worse the candidate is (positive = worse), in the metric's shown unit."""

@@ -14,11 +14,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit import options
+from edgekit._files import check_regular, read_regular
 from edgekit.errors import ModelError
 
 FORMATS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".tflite": "tflite", ".onnx": "onnx"}
@@ -35,6 +37,8 @@ class Artifact:
     saved_model_dir: Path | None = None
     tflite: bytes | None = None  # the file's own bytes for .tflite sources
     float_tflite_cache: bytes | None = None
+    input_shape: tuple[int, ...] | None = None  # the user's --input-shape (batch first), if given
+    declared_shape: tuple[int | None, ...] | None = None  # the source's own input shape (None = dynamic)
     _scratch: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
@@ -69,36 +73,67 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def load(path: str | os.PathLike[str]) -> Artifact:
+def parse_input_shape(value: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``--input-shape``: "1,96,96,3" or "96,96,3" (batch added later), or a sequence of ints."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").split(",")]
+        try:
+            dims = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ModelError(f"--input-shape {value!r} is not a list of integers",
+                             "write it like 1,96,96,3 (batch first) or 96,96,3") from None
+    else:
+        dims = tuple(int(d) for d in value)
+    if not dims or any(d <= 0 for d in dims):
+        raise ModelError(f"--input-shape {value!r} is invalid (every dimension must be a positive integer)",
+                         "write it like 1,96,96,3 (batch first) or 96,96,3")
+    return dims
+
+
+def load(path: str | os.PathLike[str], input_shape: str | Sequence[int] | None = None) -> Artifact:
+    """Load a model file; ``input_shape`` fixes dynamic input dimensions (see parse_input_shape)."""
     p = Path(path)
+    shape = parse_input_shape(input_shape)
     if not p.exists():
         raise ModelError(f"model file {p} does not exist", "check the path")
-    if p.is_file() and not os.access(p, os.R_OK):
-        raise ModelError(f"model file {p} is not readable", "check its permissions")
     fmt = detect_format(p)
     if fmt == "tflite":
-        return _load_tflite(p)
-    if fmt in ("keras", "h5"):
-        return _load_keras(p, fmt)
-    if fmt == "savedmodel":
-        return Artifact(source=p, fmt=fmt, saved_model_dir=p)
-    return _load_onnx(p)
+        art = _load_tflite(p)
+    elif fmt in ("keras", "h5"):
+        art = _load_keras(p, fmt)
+    elif fmt == "savedmodel":
+        art = Artifact(source=p, fmt=fmt, saved_model_dir=p)
+    else:
+        art = _load_onnx(p, shape is not None)
+    art.input_shape = shape
+    return art
 
 
 def _load_tflite(p: Path) -> Artifact:
     from edgekit.analysis.graph import read_graph
 
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read {p}: {exc.strerror}") from None
+    data = read_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError)
     read_graph(data, where=str(p))  # validates, raises ModelError on corrupt data
     return Artifact(source=p, fmt="tflite", tflite=data)
 
 
 def _load_keras(p: Path, fmt: str) -> Artifact:
-    if p.stat().st_size == 0:
-        raise ModelError(f"{p} is empty", "re-save the model")
+    size = check_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError)
+    if size == 0:
+        raise ModelError(f"model file {p} is empty (0 bytes)", "re-save the model")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if fmt == "keras" and not head.startswith(b"PK"):
+        raise ModelError(f"{p} is not a Keras v3 archive (a .keras file is a zip; this one starts with "
+                         f"{head[:4].hex(' ')})", "save it with model.save('model.keras') from Keras 3")
+    if fmt == "h5":
+        import h5py
+
+        if not h5py.is_hdf5(str(p)):
+            raise ModelError(f"{p} is not an HDF5 file (legacy Keras .h5 models are HDF5)",
+                             "pass the .h5 written by model.save('model.h5'), or a .keras file")
     from edgekit._tf import keras
 
     try:
@@ -109,6 +144,41 @@ def _load_keras(p: Path, fmt: str) -> Artifact:
             "save it with model.save('model.keras') from Keras 3, or pass a SavedModel/.tflite",
         ) from None
     return Artifact(source=p, fmt=fmt, keras_model=model)
+
+
+def stored_weight_count(path: Path) -> int | None:
+    """The number of weights a .keras archive or legacy .h5 file stores, read with h5py from the file's
+    weight datasets (model weights only, not optimizer state) without TensorFlow or loading them;
+    None when the file is not laid out that way (intake.load then gives the precise error)."""
+    import zipfile
+
+    import h5py
+
+    if check_regular(path, options.MODEL_MAX_BYTES, "model file", ModelError) == 0:
+        return None
+    total = 0
+
+    def count(name: str, obj: object) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.size)
+
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as fh, h5py.File(fh, "r") as f:
+                group = f.get("layers")
+                if not isinstance(group, h5py.Group):
+                    return None
+                group.visititems(count)
+        else:
+            with h5py.File(path, "r") as f:
+                group = f.get("model_weights")
+                if not isinstance(group, h5py.Group):
+                    return None
+                group.visititems(count)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return total
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,9 +219,11 @@ def drop_unused_inputs(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _load_onnx(p: Path) -> Artifact:
+def _load_onnx(p: Path, fixed_shape: bool = False) -> Artifact:
     import onnx
 
+    if check_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError) == 0:
+        raise ModelError(f"model file {p} is empty (0 bytes)", "re-export the model")
     try:
         model = onnx.load(str(p))
         onnx.checker.check_model(model)
@@ -194,8 +266,15 @@ def _load_onnx(p: Path) -> Artifact:
             f"onnx2tf cannot convert {p}: {reason}",
             "simplify or re-export the ONNX graph (opset >= 13), or convert it to .tflite yourself",
         )
+    from edgekit.analysis.graph import read_graph
+
     art = Artifact(source=p, fmt="onnx", saved_model_dir=out, _scratch=scratch)
     art.float_tflite_cache = tflites[0].read_bytes()
+    converted = read_graph(art.float_tflite_cache, where=f"onnx2tf's conversion of {p}")
+    if fixed_shape and len(converted.inputs) == 1 and converted.dynamic_inputs():
+        tensor = converted.input_tensors()[0]
+        art.declared_shape = tuple(None if d < 0 else d for d in tensor.signature)
+        art.float_tflite_cache = None  # dynamic: convert from the SavedModel with the fixed shape instead
     art.notes.append("converted from ONNX with onnx2tf (NCHW inputs become NHWC)")
     return art
 

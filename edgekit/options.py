@@ -108,3 +108,11 @@ CONVERT_TIMEOUT = Option(
     "convert_timeout", 900.0, "seconds an onnx2tf conversion child process may take"
 )
 SEED = Option("seed", 0, "random seed for synthetic data and every stochastic step")
+MODEL_MAX_BYTES = Option(
+    "model_max_bytes", float(2 << 30), "largest model file edgekit reads (bytes); a bigger one is refused"
+)
+FLASH_HOPELESS_FACTOR = Option(
+    "flash_hopeless_factor", 10.0,
+    "a model whose flash lower bound (parameters x smallest bytes per weight) exceeds the flash budget "
+    "this many times is reported as not fitting before any conversion or TFLM run",
+)

@@ -44,12 +44,40 @@ def constraint_single_entry(graph: Graph, profile: TargetProfile) -> tuple[str, 
     return (f"{graph.subgraphs} subgraphs",)
 
 
+def constraint_tflm_no_float16(graph: Graph, profile: TargetProfile) -> tuple[str, ...]:
+    """float16 is not a TFLM data type: TFLM has no float16 kernels (deploy int8, or float32 on a core with an FPU)"""
+    if not profile.is_tflm or "float16" not in graph.dtypes:
+        return ()
+    count = sum(1 for t in graph.tensors if t.dtype == "float16")
+    return (f"{count} float16 tensor{'s' if count > 1 else ''}",)
+
+
+def constraint_tflm_no_hybrid(graph: Graph, profile: TargetProfile) -> tuple[str, ...]:
+    """hybrid models do not run on TFLM: float activations with int8 weights (dynamic-range quantization) need
+    hybrid kernels TFLM does not have (deploy full int8)"""
+    if not profile.is_tflm:
+        return ()
+    hybrid = graph.hybrid_layers()
+    items = tuple(f"{la.op} (operator #{la.index})" for la in hybrid[:3])
+    return (*items, f"{len(hybrid) - 3} more") if len(hybrid) > 3 else items
+
+
 CONSTRAINTS: list[Callable[[Graph, TargetProfile], tuple[str, ...]]] = [
     constraint_ops_registered,
     constraint_no_custom_ops,
     constraint_dtypes,
     constraint_single_entry,
+    constraint_tflm_no_float16,
+    constraint_tflm_no_hybrid,
 ]
+
+# constraints that stop the TFLM interpreter from running the model at all
+TFLM_BLOCKERS = (constraint_tflm_no_float16, constraint_tflm_no_hybrid)
+
+
+def _doc(constraint: Callable[..., object]) -> str:
+    """A constraint's docstring as one line: the user-facing reason."""
+    return " ".join((constraint.__doc__ or "").split())
 
 
 def check(graph: Graph, profile: TargetProfile) -> list[Finding]:
@@ -57,8 +85,20 @@ def check(graph: Graph, profile: TargetProfile) -> list[Finding]:
     for constraint in CONSTRAINTS:
         items = constraint(graph, profile)
         if items:
-            findings.append(Finding(constraint.__name__, (constraint.__doc__ or "").strip(), items))
+            findings.append(Finding(constraint.__name__, _doc(constraint), items))
     return findings
+
+
+def tflm_blockers(graph: Graph, profile: TargetProfile) -> list[str]:
+    """Why the TFLM interpreter cannot run ``graph`` at all (empty when it can, or for other runtimes):
+    each a reason with the items it concerns."""
+    out = []
+    for constraint in TFLM_BLOCKERS:
+        items = constraint(graph, profile)
+        if items:
+            reason = _doc(constraint).split(":")[0]
+            out.append(f"{reason}: {', '.join(items)}")
+    return out
 
 
 def unsupported_ops(graph: Graph, profile: TargetProfile) -> list[str]:
@@ -69,7 +109,7 @@ def supported_ops_markdown(profile: TargetProfile) -> str:
     """The supported-operators document for one target, generated from the constraints."""
     lines = [f"# Supported operators: {profile.name}", "", profile.description, "",
              f"Operator list source: {profile.ops_source or 'profile'}", "", "## Constraints", ""]
-    lines += [f"- {(c.__doc__ or '').strip()}" for c in CONSTRAINTS]
+    lines += [f"- {_doc(c)}" for c in CONSTRAINTS]
     lines += ["", "## Operators", ""]
     lines += ["- every LiteRT builtin operator"] if profile.allow_all_builtin else [
         f"- {op}" for op in sorted(profile.ops)

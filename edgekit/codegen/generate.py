@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -13,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import options, output
+from edgekit._files import read_regular
 from edgekit.analysis import compat
+from edgekit.analysis.arena import reserved_arena_bytes
 from edgekit.analysis.graph import Graph, Tensor, read_graph
+from edgekit.analysis.verdict import Budget, assess_tflm
+from edgekit.analysis.verdict import budgets as verdict_budgets
 from edgekit.codegen import render
 from edgekit.codegen.c_array import c_identifier, c_string, format_bytes
 from edgekit.errors import DoesNotFit, GenerationError, ModelError
@@ -52,8 +55,9 @@ class CodegenResult:
 
 
 def arena_constant(measured: int) -> int:
-    """The arena size the firmware reserves: measured plus the documented margin, rounded to 16."""
-    return int(math.ceil(measured * (1 + options.ARENA_MARGIN.value) / 16.0) * 16)
+    """The arena size the firmware reserves (kTensorArenaSize): the one rule analyze, check and fit use
+    too, :func:`edgekit.analysis.arena.reserved_arena_bytes`."""
+    return reserved_arena_bytes(measured)
 
 
 def _tensor_info(t: Tensor) -> dict[str, Any]:
@@ -121,39 +125,49 @@ def check_section(section: str | None) -> None:
 
 def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, allow_over_budget: bool
             ) -> tuple[bytes, Graph, TargetProfile, int]:
-    """Read, check against the target, and measure: (model bytes, graph, profile, measured arena)."""
-    from edgekit.analysis.arena import measure_arena
+    """Read, check against the target, and measure: (model bytes, graph, profile, measured arena).
 
+    The verdict is check's (:mod:`edgekit.analysis.verdict`): the same budgets, the same reserved
+    arena, the same reasons TFLM cannot run a model.
+    """
     p = Path(model_path)
     if p.suffix.lower() != ".tflite":
         raise ModelError(f"codegen takes a .tflite file, not {p.name}",
                          "convert it first: edgekit fit MODEL --target TARGET -o out/")
-    if not p.is_file():
-        raise ModelError(f"model file {p} does not exist", "check the path")
     profile = target if isinstance(target, TargetProfile) else load_profile(target)
     if not profile.is_tflm:
         raise GenerationError(f"codegen writes TFLM sources; target {profile.name} runs {profile.runtime}",
                               "use `edgekit scaffold --build android|ios` for phones")
-    data = p.read_bytes()
+    data = read_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError)
     graph = read_graph(data, where=str(p))
+    dynamic = graph.dynamic_inputs()
+    if dynamic:
+        raise ModelError(f"{p}: input {dynamic[0].shape_text()} has dynamic dimensions; firmware needs a fixed shape",
+                         "re-convert it from the source model with --input-shape")
     unsupported = compat.unsupported_ops(graph, profile)
     if unsupported:
         raise DoesNotFit(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
                               "replace them in the model, or pick a runtime that has them")
-    arena = measure_arena(data).total_bytes
-    over = []
-    if len(data) > profile.flash_bytes:
-        over.append(f"flash {len(data):,} B > {profile.flash_bytes:,} B by {len(data) - profile.flash_bytes:,} B")
-    if arena_constant(arena) > profile.ram_bytes:
-        over.append(f"arena {arena_constant(arena):,} B (measured {arena:,} B + margin) > {profile.ram_bytes:,} B "
-                    f"by {arena_constant(arena) - profile.ram_bytes:,} B")
-    bad_types = compat.constraint_dtypes(graph, profile)
-    if bad_types:
-        over.append(f"data types {', '.join(bad_types)} not accepted by {profile.name}")
+    tflm = assess_tflm(data, graph, profile, skip_hopeless=not allow_over_budget)
+    if tflm.blockers:
+        raise DoesNotFit(f"{p.name}: {'; '.join(tflm.blockers)}",
+                         "convert it to full int8 (edgekit fit); --allow-over-budget cannot help")
+    lines = verdict_budgets(profile, graph, len(data), f"tflite-{graph.quantization}", tflm.ram_budget(profile))
+    over = [_over_text(b) for b in lines if not b.fits]
     if over and not allow_over_budget:
         raise DoesNotFit(f"{p.name} does not fit {profile.name}: " + "; ".join(over),
                               "pass --allow-over-budget to generate anyway")
-    return data, graph, profile, arena
+    if tflm.measured is None:  # only skipped for hopeless models, which are refused above
+        raise DoesNotFit(f"{p.name}: the TFLM arena could not be measured ({'; '.join(tflm.notes)})")
+    return data, graph, profile, tflm.measured
+
+
+def _over_text(b: Budget) -> str:
+    if b.name == "ram" and b.note.startswith("tflm-arena"):
+        return f"arena {b.used:,} B ({b.note}) > {b.limit:,} B by {-b.margin:,} B"
+    if b.unit == "bytes":
+        return f"{b.name} {b.used:,} B > {b.limit:,} B by {-b.margin:,} B"
+    return f"{b.unit} {b.note}" if b.note else f"{b.name} over"
 
 
 def codegen(model: str | os.PathLike[str], target: str | TargetProfile, out_dir: str | os.PathLike[str],

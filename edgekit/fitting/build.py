@@ -107,10 +107,12 @@ def coreml_predicts() -> bool:
 
 
 def _budgets(cand: Candidate, profile: TargetProfile, graph: Any | None) -> None:
-    from edgekit.analyzer import Budget
+    from edgekit.analysis.verdict import Budget, tflm_ram_budget
 
-    budgets = [Budget("flash", profile.flash_bytes, cand.flash_bytes, "bytes"),
-               Budget("ram", profile.ram_bytes, cand.ram_bytes, "bytes", cand.ram_kind)]
+    # one rule with check and codegen: a TFLM arena is judged by what the firmware reserves
+    ram = (tflm_ram_budget(profile, cand.ram_bytes) if cand.ram_kind == "tflm-arena"
+           else Budget("ram", profile.ram_bytes, cand.ram_bytes, "bytes", cand.ram_kind))
+    budgets = [Budget("flash", profile.flash_bytes, cand.flash_bytes, "bytes"), ram]
     if graph is not None:
         cand.unsupported = compat.unsupported_ops(graph, profile)
         bad_types = list(compat.constraint_dtypes(graph, profile))

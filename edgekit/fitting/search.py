@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ def fit(
     quiet: bool = False,
     only: list[str] | None = None,
     latency: str = "model",
+    input_shape: str | Sequence[int] | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``target``; ``latency`` is what phone candidates are ranked by: ``model`` (the
     deterministic cost model of :mod:`edgekit.analysis.cost`, the default) or ``host`` (LiteRT timed on
@@ -138,7 +140,7 @@ def fit(
         out = output.Output(out_dir, force, inputs=[model, eval_data, calib], command="fit",
                             expected_bytes=2 * size).open()
     try:
-        art = intake.load(model_path)
+        art = intake.load(model_path, input_shape=input_shape)
         try:
             return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start,
                         latency)
@@ -242,7 +244,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 if cand.artifact:
                     artifacts[rung.name] = cached_copy
             candidates.append(cand)
-            status = cand.error[:60] if cand.error else (
+            status = cand.error[:100] if cand.error else (
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
             progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
         progress.close()

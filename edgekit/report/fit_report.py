@@ -25,7 +25,7 @@ def _verdict(c: Candidate, winner: Candidate | None) -> str:
     return "ok"
 
 
-def candidate_rows(r: FitResult) -> list[tuple[object, ...]]:
+def candidate_rows(r: FitResult, error_width: int | None = None) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     for c in r.candidates:
         metric = "-" if c.metric is None else f"{c.metric:.3f}"
@@ -35,7 +35,7 @@ def candidate_rows(r: FitResult) -> list[tuple[object, ...]]:
         rows.append((c.name, human_bytes(c.flash_bytes) if c.flash_bytes else "-",
                      human_bytes(c.ram_bytes) if c.ram_bytes else "-", metric, drop, lat,
                      _verdict(c, r.winner) + (" (cached)" if c.cached else ""),
-                     c.error[:70] if c.error else c.evaluated_on))
+                     (c.error[:error_width] if error_width else c.error) if c.error else c.evaluated_on))
     return rows
 
 
@@ -46,7 +46,8 @@ HEADERS = ["candidate", "flash", "ram", "metric", "drop", "latency ms (est/host)
 def render_text(r: FitResult) -> str:
     lines = [f"fit {r.model} -> {r.target}  (metric {r.metric}, baseline {r.baseline:.3f}, "
              f"max drop {r.max_drop}, optimize {r.goal})", "",
-             table(HEADERS, candidate_rows(r), "lrrrrrll"), ""]
+             table(HEADERS, candidate_rows(r, error_width=70), "lrrrrrll"), ""]
+    lines += [f"{c.name}: {c.error}" for c in r.candidates if c.error and len(c.error) > 70]
     if r.winner:
         lines.append(f"winner: {r.winner.name}, {r.winner.flash_bytes:,} B flash, {r.winner.ram_bytes:,} B RAM, "
                      f"{r.metric} {r.winner.metric:.3f} (drop {r.winner.drop:+.3f})")

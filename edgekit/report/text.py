@@ -34,36 +34,51 @@ def _shape(shapes: Sequence[Sequence[int]]) -> str:
     return " ".join("x".join(str(d) for d in s) or "scalar" for s in shapes)
 
 
+def _cut(text: str, width: int = 70) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def render_analysis(r: AnalysisReport) -> str:
     g = r.graph
-    rows: list[tuple[object, ...]] = [
-        (la.index, la.op, _shape(la.input_shapes), _shape(la.output_shapes), f"{la.params:,}",
-         f"{la.macs:,}", f"{la.weight_bytes:,}")
-        for la in g.layers
-    ]
-    rows.append(("", "TOTAL", "", "", f"{g.params:,}", f"{g.macs:,}", f"{g.weight_bytes:,}"))
     lines = [
         f"model   {r.model}",
         f"target  {r.target} ({r.runtime}, artifact {r.artifact_kind})",
         f"calib   {r.calibration}",
         "",
-        table(["#", "op", "input", "output", "params", "MACs", "weight B"], rows, "rllrrrr"),
-        "",
-        f"ops     {', '.join(g.ops)}",
-        f"dtypes  {', '.join(g.dtypes)}",
-        "",
     ]
+    if g.layers:
+        rows: list[tuple[object, ...]] = [
+            (la.index, la.op, _shape(la.input_shapes), _shape(la.output_shapes), f"{la.params:,}",
+             f"{la.macs:,}", f"{la.weight_bytes:,}")
+            for la in g.layers
+        ]
+        rows.append(("", "TOTAL", "", "", f"{g.params:,}", f"{g.macs:,}", f"{g.weight_bytes:,}"))
+        lines += [
+            table(["#", "op", "input", "output", "params", "MACs", "weight B"], rows, "rllrrrr"),
+            "",
+            f"ops     {', '.join(g.ops)}",
+            f"dtypes  {', '.join(g.dtypes)}",
+        ]
+    elif r.params_estimate is not None:
+        lines.append(f"params  {r.params_estimate:,} (layers not analysed: the model was not converted)")
+    if r.arena_measured is not None:
+        lines.append(f"arena   {r.arena_measured:,} B measured on the host TFLM interpreter; the firmware reserves "
+                     f"{r.ram_bytes:,} B (kTensorArenaSize, measured + margin)")
+    lines.append("")
     brow: list[tuple[object, ...]] = []
     for b in r.budgets:
         if b.unit == "bytes":
             brow.append((b.name, human_bytes(b.used), human_bytes(b.limit),
                          ("+" if b.margin >= 0 else "-") + human_bytes(abs(b.margin)),
-                         "fits" if b.fits else "OVER", b.note))
+                         "fits" if b.fits else "OVER", _cut(b.note)))
         else:
-            brow.append((b.name, b.used, b.limit, b.margin, "fits" if b.fits else "OVER", b.note))
+            brow.append((b.name, b.used, b.limit, b.margin, "fits" if b.fits else "OVER", _cut(b.note)))
     lines.append(table(["budget", "used", "limit", "margin", "verdict", "detail"], brow, "lrrrl"))
     for f in r.findings:
         lines.append(f"unsupported: {f.reason}: {', '.join(f.items)}")
+    for blocker in r.blockers:
+        if not any(blocker.startswith(f.reason.split(":")[0]) for f in r.findings):
+            lines.append(f"runtime: {blocker}")
     for n in r.notes:
         lines.append(f"note: {n}")
     lines.append("")

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit import options
 from edgekit.data import Dataset
-from edgekit.errors import StageError
+from edgekit.errors import ModelError, StageError
 from edgekit.intake import Artifact
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -29,23 +29,70 @@ ARTIFACT_MODE = {
 
 
 def input_shape(art: Artifact) -> tuple[int, ...]:
-    """The model's (single) input shape with batch 1."""
-    if art.tflite is not None or (art.fmt == "onnx" and art.float_tflite_cache is not None):
-        from edgekit.analysis.graph import read_graph
+    """The model's (single) input shape with batch 1: the declared shape, with the dimensions the
+    source leaves dynamic taken from ``art.input_shape`` (--input-shape). A dynamic dimension
+    without it is a one-line ModelError naming the dimensions and the option."""
+    return resolve_shape(declared_shape(art), art.input_shape, art)
 
-        data = art.tflite if art.tflite is not None else art.float_tflite_cache
-        assert data is not None
-        g = read_graph(data)
-        ins = g.input_tensors()
-        _single_input(len(ins), art)
-        return tuple(max(d, 1) for d in ins[0].shape)
-    if art.keras_model is not None:
-        inputs = art.keras_model.inputs
-        _single_input(len(inputs), art)
-        shape = tuple(inputs[0].shape)
-        return (1, *(int(d) if d is not None else 1 for d in shape[1:]))
-    spec = _saved_model_spec(art)
-    return tuple(1 if d is None else int(d) for d in spec.shape)
+
+def declared_shape(art: Artifact) -> tuple[int | None, ...]:
+    """The source model's own input shape, batch first; None marks a dynamic dimension."""
+    if art.declared_shape is None:
+        if art.tflite is not None or art.float_tflite_cache is not None:
+            from edgekit.analysis.graph import read_graph
+
+            data = art.tflite if art.tflite is not None else art.float_tflite_cache
+            assert data is not None
+            ins = read_graph(data).input_tensors()
+            _single_input(len(ins), art)
+            sig = ins[0].signature or ins[0].shape
+            art.declared_shape = tuple(None if d < 0 else d for d in sig)
+        elif art.keras_model is not None:
+            inputs = art.keras_model.inputs
+            _single_input(len(inputs), art)
+            art.declared_shape = tuple(None if d is None else int(d) for d in inputs[0].shape)
+        else:
+            spec = _saved_model_spec(art)
+            art.declared_shape = tuple(None if d is None else int(d) for d in spec.shape)
+    return art.declared_shape
+
+
+def _dims(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def resolve_shape(declared: tuple[int | None, ...], given: tuple[int, ...] | None, art: Artifact
+                  ) -> tuple[int, ...]:
+    """Batch 1, and every other dimension fixed: by the model, or by ``given`` (--input-shape)."""
+    if not declared:
+        raise ModelError(f"{art.source} has a scalar input; edgekit needs a batch dimension")
+    dynamic = [i for i, d in enumerate(declared) if d is None and i > 0]
+    if given is None:
+        if dynamic:
+            example = ",".join("1" if i == 0 else (f"<d{i}>" if d is None else str(d))
+                               for i, d in enumerate(declared))
+            hint = ("re-convert it from the source model with --input-shape; a .tflite cannot be resized for TFLM"
+                    if art.tflite is not None else f"pass a fixed shape: --input-shape {example}")
+            layout = " (NHWC, as onnx2tf converted it)" if art.fmt == "onnx" else ""
+            raise ModelError(f"{art.source}: input dimensions {', '.join(str(i) for i in dynamic)} of "
+                             f"{_dims(declared)}{layout} are dynamic; a deployable model needs a fixed shape", hint)
+        return (1, *(int(d) for d in declared[1:] if d is not None))
+    shape = given if len(given) == len(declared) else (1, *given)
+    if len(shape) != len(declared):
+        raise ModelError(f"--input-shape {','.join(map(str, given))} has {len(given)} dimensions; the model's "
+                         f"input {_dims(declared)} has {len(declared)}", "give every dimension, batch first")
+    if shape[0] != 1:
+        raise ModelError(f"--input-shape batch {shape[0]} is not supported (the model runs one sample at a time)",
+                         f"use --input-shape 1,{','.join(map(str, shape[1:]))}")
+    clash = [i for i, (d, g) in enumerate(zip(declared, shape, strict=True)) if i > 0 and d is not None and d != g]
+    if clash:
+        raise ModelError(f"--input-shape {','.join(map(str, shape))} contradicts the model's input {_dims(declared)} "
+                         f"in dimension {', '.join(map(str, clash))}", "change only the dynamic (?) dimensions")
+    if art.tflite is not None and dynamic:
+        raise ModelError(f"{art.source}: input dimensions {', '.join(map(str, dynamic))} of {_dims(declared)} are "
+                         "dynamic and a .tflite cannot be resized for TFLM",
+                         "re-convert it from the source model with --input-shape")
+    return shape
 
 
 def _single_input(n: int, art: Artifact) -> None:
@@ -83,7 +130,7 @@ def _converter(art: Artifact) -> Any:
         if sig is None:
             return tf.lite.TFLiteConverter.from_saved_model(str(art.saved_model_dir))
         name, spec = next(iter(sig.structured_input_signature[1].items()))
-        fixed_shape = [1 if d is None else d for d in spec.shape]
+        fixed_shape = list(input_shape(art))
         fixed = tf.function(lambda x: sig(**{name: x}))
         concrete = fixed.get_concrete_function(tf.TensorSpec(fixed_shape, spec.dtype))
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded)

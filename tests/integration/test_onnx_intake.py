@@ -47,6 +47,32 @@ def test_onnx_conv_analysed_offline(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.onnx"]
 
 
+def test_onnx_with_dynamic_height_and_width_needs_input_shape(tmp_path: Path) -> None:
+    """ONNX inputs with symbolic H and W: one clear line naming them (in the converted NHWC layout),
+    and with --input-shape the model is converted and measured at that size."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "H", "W"])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    model = tmp_path / "dyn.onnx"
+    onnx.save(m, str(model))
+    proc = run_cli("analyze", str(model), "-t", "cortex-m4", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "(1, ?, ?, 3) (NHWC" in proc.stderr and "--input-shape 1,<d1>,<d2>,3" in proc.stderr
+    proc = run_cli("analyze", str(model), "-t", "cortex-m4", "--input-shape", "1,16,16,3", "--json", cwd=tmp_path,
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["layers"][0]["inputs"] == [[1, 16, 16, 3]] and out["macs"] == 16 * 16 * 4 * 27
+    assert out["arena_bytes"] >= 16 * 16 * (3 + 4)  # int8 input and output live together
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dyn.onnx"]
+
+
 def test_light_squeezenet_from_onnx_package(tmp_path: Path) -> None:
     """SqueezeNet 1.1's light test graph computes its weights with ConstantOfShape: folding makes
     it convert."""
