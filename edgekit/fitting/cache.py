@@ -25,7 +25,7 @@ from edgekit import options
 from edgekit._hashing import content_hash
 from edgekit.fitting.types import Candidate
 
-CACHE_VERSION = "fit-2"  # fit-2: records carry the artifact's and their own sha256
+CACHE_VERSION = "fit-3"  # fit-2: records carry the artifact's and their own sha256; fit-3: level 2 fields
 
 
 def array_hash(*arrays: np.ndarray | None) -> str:
@@ -59,7 +59,8 @@ def cache_dir() -> Path:
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "float": (int, float), "int": (int,), "bool": (bool,), "float | None": (int, float, type(None)),
-    "dict[str, dict[str, Any]]": (dict,), "list[str]": (list,),
+    "dict[str, dict[str, Any]]": (dict,), "list[str]": (list,), "dict[str, float]": (dict,),
+    "dict[str, int]": (dict,),
 }
 ARTIFACT_NAMES = ("model.tflite", "model.mlpackage")
 CACHE_RECORD_MAX = 1 << 20
