@@ -304,7 +304,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
 
 
 def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Output, profile: TargetProfile) -> None:
-    from edgekit.report.fit_report import render_markdown, render_plot
+    from edgekit.report.fit_report import render_layer_plot, render_markdown, render_plot
 
     chosen = result.winner or result.closest
     if chosen is not None and chosen.name in artifacts:
@@ -317,6 +317,9 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     if plot is not None:
         out.write("candidates.svg", plot)
     has_plot = plot is not None
+    layer_plot = render_layer_plot(result)
+    if layer_plot is not None:
+        out.write("layer_error.svg", layer_plot)
     out.write("report.json", json.dumps(result.to_dict(), indent=2))
     out.write("report.md", render_markdown(result, profile, has_plot))
     from edgekit.report.html import fit_html
