@@ -338,6 +338,8 @@ def build_coreml(job: Job, rung: Rung, cand: Candidate) -> Path:
     path = base if rung.mode == "none" else coreml.compress(base, rung.mode, rung.value,
                                                             work / f"{rung.name}.mlpackage")
     cand.flash_bytes = coreml.package_bytes(path)
+    if rung.mode != "none":
+        cand.saved[f"{rung.mode} vs the fp16 .mlpackage"] = coreml.package_bytes(base) - cand.flash_bytes
     from edgekit.stages import quantize
 
     graph = read_graph(quantize.convert(art, "float32"))
@@ -347,6 +349,18 @@ def build_coreml(job: Job, rung: Rung, cand: Candidate) -> Path:
     if coreml.can_predict():  # pragma: no cover - macOS only
         job.score(cand, _predict_mlpackage(path, ev.x))
         cand.evaluated_on = "Core ML (.mlpackage) on this Mac"
+    elif art.keras_model is not None and rung.mode in coreml.IOS18_KINDS:
+        with coreml.weights_from_package(art.keras_model, path) as m:
+            pred = keras_outputs(m, ev.x)
+        if profile.compute_precision == "fp16":
+            pred = pred.astype(np.float16).astype(np.float32)
+        job.score(cand, pred)
+        cand.evaluated_on = "source Keras model with the package's own weights (coremltools decompress_weights, Linux)"
+        cand.verified.append("Core ML emulated on Linux: the weights coremltools' compression wrote (its k-means / "
+                             "blockwise int4, expanded by coremltools.optimize.coreml.decompress_weights) run in "
+                             "the Keras model")
+        cand.detail = (f"coremltools.optimize.coreml {rung.mode} ({int(rung.value)}-bit), deployment target "
+                       f"{profile.min_deployment_target}")
     elif art.keras_model is not None:
         with coreml.emulate_on_keras(art.keras_model, rung.mode, rung.value) as m:
             pred = keras_outputs(m, ev.x)

@@ -217,3 +217,30 @@ def test_int4_model_runs_bit_exact_on_the_qemu_firmware(digits: dict[str, Path],
         if qemu.poll() is None:
             qemu.kill()
             qemu.wait()
+
+
+def test_core_ml_ios18_modes_estimate_with_coremltools_own_clusters(digits: dict[str, Path], tmp_path: Path) -> None:
+    """The Linux estimate of an iOS 18 mode uses the weights coremltools wrote (its k-means), mapped back into
+    the Keras model: per group of 16 output channels at most 16 distinct values, restored afterwards."""
+    from edgekit import intake
+    from edgekit.fitting.ladder import ladder
+    from edgekit.profiles import load_profile
+    from edgekit.stages import coreml
+
+    assert not [r for r in ladder(load_profile("ios-ane"), 2) if r.level == 2]  # iOS 16: no iOS 18 mode
+    prof = load_profile("ios18-ane")
+    assert {"palettize-4bit-grouped", "linear-int4-block"} <= {r.name for r in ladder(prof, 2)}
+    art = intake.load(digits["keras"])
+    base = coreml.convert(art, prof, tmp_path / "base.mlpackage")
+    pal = coreml.compress(base, "palettize-grouped", 4, tmp_path / "pal.mlpackage")
+    assert coreml.package_bytes(pal) < 0.45 * coreml.package_bytes(base)
+    model = art.keras_model
+    dense = next(v for v in model.weights if v.path == "dense/kernel")
+    before = np.asarray(dense.numpy()).copy()
+    with coreml.weights_from_package(model, pal):
+        w = np.asarray(dense.numpy())  # (256 in, 128 out): groups of 16 output channels share a palette
+        assert not np.array_equal(w, before)
+        for g in range(0, 128, coreml.GROUP_SIZE):
+            assert len(np.unique(w[:, g : g + coreml.GROUP_SIZE])) <= 16
+        assert np.abs(w - before).max() < 0.5 * np.abs(before).max()
+    assert np.array_equal(np.asarray(dense.numpy()), before)
