@@ -121,7 +121,7 @@ def _latency(job: Job, cand: Candidate, graph: Any, tfl: bytes | None) -> None:
 
 # the arithmetic a candidate's kernels run in, for the cost model (INT4/LUT filters feed int8 kernels)
 ARITHMETIC = {"quantize": {"int8-per-tensor": "int8"}, "int4": {"all": "int8", "keep": "int8"},
-              "lut": {"per-channel": "int8"}, "mixed": {"float": "float32"},
+              "lut": {"per-channel": "int8"}, "mixed": {"float": "float32", "int16x8": "int16x8"},
               "aeq": {"dynamic_wi4c_afp32": "dynamic", "dynamic_wi4_afp32": "dynamic",
                       "weight_only_wi4_afp32": "float32"}}
 
@@ -297,9 +297,11 @@ def build_lut(job: Job, rung: Rung, cand: Candidate) -> Path:
 
 
 def build_mixed(job: Job, rung: Rung, cand: Candidate) -> Path:
-    """The worst layers (per-layer error) and their activations kept float, the rest int8."""
+    """The worst layers (per-layer error) and their activations kept in higher precision - int16 activations
+    (``int16x8``: a 16x8 region stitched into the int8 graph) or ``float`` (the converter's denylist) -
+    and int8 elsewhere."""
     from edgekit.analysis.graph import read_graph as rg
-    from edgekit.stages import layer_error
+    from edgekit.stages import layer_error, mixed
 
     base = job.int8_reference()
     worst = (job.layer_errs or [])[: int(rung.value) or 1]
@@ -307,12 +309,17 @@ def build_mixed(job: Job, rung: Rung, cand: Candidate) -> Path:
         raise StageError("no per-layer error to choose the layers from")
     g = rg(base)
     ops = sorted({i for e in worst for i in layer_error.region(base, e.index)})
-    nodes = [g.tensors[g.layers[i].outputs[0]].name for i in ops]
-    tfl = bytes(job.calibrated().int8(job.profile.io_dtype, float_nodes=nodes))
     names = [job.layer_names.get(i, g.layers[i].op) for i in ops]
-    cand.detail = f"float: {', '.join(names)} (worst: {', '.join(e.layer for e in worst)}); int8 elsewhere"
-    cand.saved["quantization (int8 with a float region) vs the float32 .tflite"] = _float_bytes(job) - len(tfl)
-    cand.saved["float region vs all-int8"] = len(base) - len(tfl)
+    if rung.mode == "int16x8":
+        tfl = mixed.stitch(base, bytes(job.calibrated().int16x8(job.profile.io_dtype)), ops)
+        kind = "int16 activations (16x8)"
+    else:
+        nodes = [g.tensors[g.layers[i].outputs[0]].name for i in ops]
+        tfl = bytes(job.calibrated().int8(job.profile.io_dtype, float_nodes=nodes))
+        kind = "float"
+    cand.detail = f"{kind}: {', '.join(names)} (worst: {', '.join(e.layer for e in worst)}); int8 elsewhere"
+    cand.saved[f"quantization (int8 with a {kind} region) vs the float32 .tflite"] = _float_bytes(job) - len(tfl)
+    cand.saved[f"{kind} region vs all-int8"] = len(base) - len(tfl)
     return finish_tflite(job, rung, cand, tfl)
 
 

@@ -67,6 +67,8 @@ def _level2(profile: TargetProfile) -> list[Rung]:
                 Rung("linear-int4-block", "coreml", "linear-int4-block", 4, level=2)]
     rungs = []
     if profile.is_tflm:
+        if "int16" in profile.dtypes:  # TFLM's kernels take int16 activations beside int8 ones (QUANTIZE between)
+            rungs.append(Rung("mixed-16x8", "mixed", "int16x8", 1, level=2))
         if "float32" in profile.dtypes:
             rungs.append(Rung("mixed-float", "mixed", "float", 1, level=2))
         rungs.append(Rung("int4-keep-worst", "int4", "keep", 1, level=2))

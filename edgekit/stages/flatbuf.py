@@ -92,3 +92,36 @@ def short_name(name: str) -> str:
     name scope of its layer ("conv2d_1")."""
     parts = [p for p in name.split(";")[0].split("/") if p]
     return parts[-2] if len(parts) >= 2 else (parts[0] if parts else name)
+
+
+def prune(model: Any) -> None:
+    """For TFLM models (signatures are dropped). Drop the tensors no operator, input or output names, then
+    the buffers no tensor or metadata names (a rewrite that replaced operators leaves their old weights
+    behind); indices remapped."""
+    for sg in model.subgraphs or []:
+        used = {t for op in sg.operators or [] for t in (*(op.inputs if op.inputs is not None else []),
+                                                           *(op.outputs if op.outputs is not None else []),
+                                                           *(op.intermediates if op.intermediates is not None
+                                                             else [])) if t >= 0}
+        used |= set(sg.inputs if sg.inputs is not None else []) | set(sg.outputs if sg.outputs is not None else [])
+        order = sorted(used)
+        remap = {old: new for new, old in enumerate(order)}
+        sg.tensors = [sg.tensors[i] for i in order]
+        for op in sg.operators or []:
+            op.inputs = [remap[t] if t >= 0 else t for t in (op.inputs if op.inputs is not None else [])]
+            op.outputs = [remap[t] for t in (op.outputs if op.outputs is not None else [])]
+            if op.intermediates is not None:
+                op.intermediates = [remap[t] for t in op.intermediates]
+        sg.inputs = [remap[t] for t in (sg.inputs if sg.inputs is not None else [])]
+        sg.outputs = [remap[t] for t in (sg.outputs if sg.outputs is not None else [])]
+    keep = {0} | {t.buffer for sg in model.subgraphs or [] for t in sg.tensors or []}
+    keep |= {md.buffer for md in model.metadata or []}
+    order = sorted(b for b in keep if 0 <= b < len(model.buffers))
+    bremap = {old: new for new, old in enumerate(order)}
+    model.buffers = [model.buffers[i] for i in order]
+    for sg in model.subgraphs or []:
+        for t in sg.tensors or []:
+            t.buffer = bremap.get(t.buffer, 0)
+    for md in model.metadata or []:
+        md.buffer = bremap.get(md.buffer, 0)
+    model.signatureDefs = None  # their tensor indices would be stale (TFLM reads none; use for TFLM models)

@@ -49,7 +49,7 @@ def test_cortex_m4_level2_int4_winner_is_bit_exact_and_well_under_int8(digits: d
     report = json.loads((out / "report.json").read_text())
     by = {c["name"]: c for c in report["candidates"]}
     assert report["level"] == 2
-    assert {"float32", "int16x8", "int8", "int8-per-tensor", "mixed-float", "int4", "lut-4bit"} <= set(by)
+    assert {"float32", "int16x8", "int8", "int8-per-tensor", "mixed-16x8", "mixed-float", "int4", "lut-4bit"} <= set(by)
     winner = by[report["winner"]]
     assert winner["stage"] == "int4" and winner["drop"] <= 1.0
     assert winner["flash_bytes"] <= 0.6 * by["int8"]["flash_bytes"]
@@ -97,7 +97,8 @@ def test_an_outlier_layer_is_named_and_a_float_region_meets_the_drop(digits: dic
     src = tmp_path / "outlier.keras"
     m.save(src)
     out = tmp_path / "o"
-    proc = _fit(digits, src, "cortex-m4", out, env, "--level", "2", "--candidates", "int8,mixed-float")
+    proc = _fit(digits, src, "cortex-m4", out, env, "--level", "2", "--candidates", "int8,mixed-16x8,mixed-float",
+                "--optimize", "ram")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     by = {c["name"]: c for c in report["candidates"]}
@@ -106,8 +107,15 @@ def test_an_outlier_layer_is_named_and_a_float_region_meets_the_drop(digits: dic
     assert any(n.startswith("int8 loses") and "worst layers by quantization error: conv2d" in n
                for n in report["notes"]), report["notes"]
     assert "int8 loses" in proc.stdout and "conv2d" in proc.stdout
-    assert report["winner"] == "mixed-float" and by["mixed-float"]["drop"] <= 1.0
-    assert by["mixed-float"]["detail"].startswith("float: conv2d")
+    # TFLM takes the stitched graph: int16 activations around conv2d, QUANTIZE in and out, int8 elsewhere
+    m16 = by["mixed-16x8"]
+    assert m16["error"] == "" and m16["drop"] <= 1.0 and m16["detail"].startswith("int16 activations (16x8): conv2d")
+    assert by["mixed-float"]["drop"] <= 1.0 and by["mixed-float"]["detail"].startswith("float: conv2d")
+    assert report["winner"] == "mixed-16x8"  # the smaller arena of the two
+    from edgekit.analysis.graph import read_graph
+
+    g = read_graph((out / "model.tflite").read_bytes())
+    assert {"int16", "int8"} <= set(g.dtypes) and g.ops.count("QUANTIZE") == 2
 
 
 def test_android_int4_weights_smaller_than_int8_and_run_in_litert(digits: dict[str, Path], tmp_path: Path,
@@ -244,3 +252,29 @@ def test_core_ml_ios18_modes_estimate_with_coremltools_own_clusters(digits: dict
             assert len(np.unique(w[:, g : g + coreml.GROUP_SIZE])) <= 16
         assert np.abs(w - before).max() < 0.5 * np.abs(before).max()
     assert np.array_equal(np.asarray(dense.numpy()), before)
+
+
+MLPERF_TINY_ROOT = os.environ.get("MLPERF_TINY_ROOT", "")
+AD_MODEL = "benchmark/training/anomaly_detection/trained_models/ad01.h5"
+
+
+@pytest.mark.skipif(not MLPERF_TINY_ROOT, reason="MLPERF_TINY_ROOT is not set (a mlcommons/tiny checkout)")
+def test_per_tensor_rung_matches_mlperf_tiny_anomaly_detection_original(tmp_path: Path, env: dict[str, str]) -> None:
+    """MLPerf Tiny's AD autoencoder (fully connected): per-channel int8 needs a 17,360 B arena, the per-tensor
+    rung the 3,984 B of MLPerf Tiny's own per-tensor ad01_int8.tflite, and less flash."""
+    src = Path(MLPERF_TINY_ROOT) / AD_MODEL
+    if not src.is_file():
+        pytest.skip(f"{src} is missing from the checkout")
+    x = np.random.default_rng(0).normal(size=(64, 640)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = run_cli("fit", str(src), "-t", "cortex-m4", "--eval", str(tmp_path / "x.npy"), "--metric", "mse-to-float",
+                   "--candidates", "int8,int8-per-tensor", "-o", str(tmp_path / "ad"), "--json", env=env)
+    assert proc.returncode in (0, 1), proc.stderr
+    by = {c["name"]: c for c in json.loads(proc.stdout)["candidates"]}
+    from edgekit.evaluate import tflm_session
+
+    original = (src.parent / "ad01_int8.tflite").read_bytes()
+    ref_arena = tflm_session([original], x[:2])[0].arena_bytes
+    assert by["int8-per-tensor"]["ram_bytes"] == ref_arena  # 3,984 B on the 64-bit host
+    assert by["int8"]["ram_bytes"] > 4 * ref_arena  # 17,360 B: per-channel multipliers and shifts
+    assert by["int8"]["flash_bytes"] - by["int8-per-tensor"]["flash_bytes"] > 15_000
