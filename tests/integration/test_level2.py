@@ -97,20 +97,21 @@ def test_an_outlier_layer_is_named_and_a_float_region_meets_the_drop(digits: dic
     src = tmp_path / "outlier.keras"
     m.save(src)
     out = tmp_path / "o"
+    # (the 3-epoch test model's own int8 loses about a point without the outlier: hence 1.5)
     proc = _fit(digits, src, "cortex-m4", out, env, "--level", "2", "--candidates", "int8,mixed-16x8,mixed-float",
-                "--optimize", "ram")
+                "--optimize", "ram", "--max-drop", "1.5")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     by = {c["name"]: c for c in report["candidates"]}
-    assert by["int8"]["drop"] > 1.0 and not by["int8"]["within_drop"]
+    assert by["int8"]["drop"] > 10.0 and not by["int8"]["within_drop"]
     assert report["layer_errors"]["layers"][0]["layer"] == "conv2d"
     assert any(n.startswith("int8 loses") and "worst layers by quantization error: conv2d" in n
                for n in report["notes"]), report["notes"]
     assert "int8 loses" in proc.stdout and "conv2d" in proc.stdout
     # TFLM takes the stitched graph: int16 activations around conv2d, QUANTIZE in and out, int8 elsewhere
     m16 = by["mixed-16x8"]
-    assert m16["error"] == "" and m16["drop"] <= 1.0 and m16["detail"].startswith("int16 activations (16x8): conv2d")
-    assert by["mixed-float"]["drop"] <= 1.0 and by["mixed-float"]["detail"].startswith("float: conv2d")
+    assert m16["error"] == "" and m16["drop"] <= 1.5 and m16["detail"].startswith("int16 activations (16x8): conv2d")
+    assert by["mixed-float"]["drop"] <= 1.5 and by["mixed-float"]["detail"].startswith("float: conv2d")
     assert report["winner"] == "mixed-16x8"  # the smaller arena of the two
     from edgekit.analysis.graph import read_graph
 
