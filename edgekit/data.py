@@ -6,7 +6,6 @@ Shapes, dtypes and values are checked against the model before any work starts.
 from __future__ import annotations
 
 import os
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +35,10 @@ DATA_MAX_BYTES = options.Option("data_max_bytes", float(8 << 30),
 
 def _check_file(p: Path) -> None:
     """Only regular files of a sane size: a FIFO would block, /dev/zero would never end."""
-    try:
-        st = p.stat()
-    except OSError as exc:
-        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"data file {p} is not a regular file (a device, FIFO or socket)",
-                        "pass a .npy, .npz or an image folder")
-    if st.st_size == 0:
+    from edgekit._files import check_regular
+
+    if check_regular(p, DATA_MAX_BYTES, "data file", DataError) == 0:
         raise DataError(f"data file {p} is empty (0 bytes)", "re-save it with np.save / np.savez")
-    if st.st_size > DATA_MAX_BYTES.value:
-        raise DataError(f"data file {p} is {st.st_size:,} B, over the {int(DATA_MAX_BYTES.value):,} B limit",
-                        "use fewer samples, or raise EDGEKIT_DATA_MAX_BYTES")
 
 
 def _check_magic(p: Path) -> None:

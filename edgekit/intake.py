@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import options
+from edgekit._extras import require
 from edgekit._files import check_regular, read_regular
 from edgekit.errors import ModelError
 
@@ -129,8 +130,7 @@ def _load_keras(p: Path, fmt: str) -> Artifact:
         raise ModelError(f"{p} is not a Keras v3 archive (a .keras file is a zip; this one starts with "
                          f"{head[:4].hex(' ')})", "save it with model.save('model.keras') from Keras 3")
     if fmt == "h5":
-        import h5py
-
+        h5py = require("h5py", "loading Keras models")
         if not h5py.is_hdf5(str(p)):
             raise ModelError(f"{p} is not an HDF5 file (legacy Keras .h5 models are HDF5)",
                              "pass the .h5 written by model.save('model.h5'), or a .keras file")
@@ -152,8 +152,7 @@ def stored_weight_count(path: Path) -> int | None:
     None when the file is not laid out that way (intake.load then gives the precise error)."""
     import zipfile
 
-    import h5py
-
+    h5py = require("h5py", "loading Keras models")
     if check_regular(path, options.MODEL_MAX_BYTES, "model file", ModelError) == 0:
         return None
     total = 0
@@ -191,7 +190,7 @@ def _first_line(exc: BaseException) -> str:
 
 def fold_constants(src: Path, dst: Path) -> None:
     """Fold constant subgraphs (e.g. ConstantOfShape weight generators) with onnxruntime."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "converting .onnx models")
 
     ort.set_default_logger_severity(4)
     so = ort.SessionOptions()
@@ -206,7 +205,7 @@ def drop_unused_inputs(path: Path) -> None:
     """Drop graph inputs that are weights (old exporters list every initializer as an input too)
     or that no node reads any more (inputs of folded constant subgraphs): onnx2tf would take them
     as model inputs."""
-    import onnx
+    onnx = require("onnx", "converting .onnx models")
 
     model = onnx.load(str(path))
     weights = {init.name for init in model.graph.initializer}
@@ -220,7 +219,7 @@ def drop_unused_inputs(path: Path) -> None:
 
 
 def _load_onnx(p: Path, fixed_shape: bool = False) -> Artifact:
-    import onnx
+    onnx = require("onnx", "converting .onnx models")
 
     if check_regular(p, options.MODEL_MAX_BYTES, "model file", ModelError) == 0:
         raise ModelError(f"model file {p} is empty (0 bytes)", "re-export the model")

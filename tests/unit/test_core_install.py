@@ -37,9 +37,15 @@ def test_the_blocker_really_blocks() -> None:
     assert probe.returncode != 0 and "blocked: core install" in probe.stderr
 
 
-@pytest.mark.parametrize("model, extra_for", [("keras", "converting"), ("h5", "converting")])
-def test_source_models_name_the_missing_extra(models: dict[str, Path], model: str, extra_for: str) -> None:
-    proc = run_cli("analyze", str(models[model]), "-t", "cortex-m4", env=CORE)
+@pytest.mark.parametrize("model, extra_for", [("keras", "Keras models"), ("h5", "Keras models"),
+                                              ("onnx", "converting .onnx models")])
+def test_source_models_name_the_missing_extra(models: dict[str, Path], model: str, extra_for: str,
+                                              tmp_path: Path) -> None:
+    path = models.get(model)
+    if model == "onnx":  # the file's content does not matter: the extra is asked for before it is read
+        path = tmp_path / "m.onnx"
+        path.write_bytes(b"\x08\x07")
+    proc = run_cli("analyze", str(path), "-t", "cortex-m4", env=CORE)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert extra_for in lines[0] and "pip install 'edgekit[convert]'" in lines[0], lines[0]
