@@ -116,7 +116,7 @@ def test_an_outlier_layer_is_named_and_a_float_region_meets_the_drop(digits: dic
     from edgekit.analysis.graph import read_graph
 
     g = read_graph((out / "model.tflite").read_bytes())
-    assert {"int16", "int8"} <= set(g.dtypes) and g.ops.count("QUANTIZE") == 2
+    assert {"int16", "int8"} <= set(g.dtypes) and [la.op for la in g.layers].count("QUANTIZE") == 2
 
 
 def test_android_int4_weights_smaller_than_int8_and_run_in_litert(digits: dict[str, Path], tmp_path: Path,
