@@ -269,8 +269,15 @@ def build_int4(job: Job, rung: Rung, cand: Candidate) -> Path:
     from edgekit.stages import int4
 
     base = job.int8_reference()
-    keep = frozenset(e.index for e in _worst_weighted(job, int(rung.value))) if rung.mode == "keep" else frozenset()
-    packed, twin, layers = int4.rewrite(base, keep_int8=keep)
+    packed, twin, layers = int4.rewrite(base)
+    keep: frozenset[int] = frozenset()
+    if rung.mode == "keep":  # the worst of the layers INT4 would pack (smaller ones stay int8 anyway)
+        packable = {p.index for p in layers}
+        worst = [e.index for e in _worst_weighted(job, len(job.layer_errs or [])) if e.index in packable]
+        keep = frozenset(worst[: int(rung.value)])
+        if not keep or keep == packable:
+            raise StageError("no packable layer to keep in int8 besides the ones INT4 packs (same as int4)")
+        packed, twin, layers = int4.rewrite(base, keep_int8=keep)
     names = [job.layer_names.get(p.index, p.label) for p in layers]
     kept = [job.layer_names.get(i, str(i)) for i in sorted(keep)]
     cand.detail = f"INT4 filters: {', '.join(names)}" + (f"; kept int8 (worst error): {', '.join(kept)}"

@@ -55,7 +55,7 @@ def _run_all(model: bytes, x: np.ndarray) -> tuple[dict[str, np.ndarray], Any]:
 
     with quiet_native():
         interp = _interpreter_class()(model_content=model, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
+        interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     scale, zp = inp["quantization"]
     details = [d for d in interp.get_tensor_details() if d["name"]]
