@@ -363,25 +363,29 @@ def build_coreml(job: Job, rung: Rung, cand: Candidate) -> Path:
     if coreml.can_predict():  # pragma: no cover - macOS only
         job.score(cand, _predict_mlpackage(path, ev.x))
         cand.evaluated_on = "Core ML (.mlpackage) on this Mac"
-    elif art.keras_model is not None and rung.mode in coreml.IOS18_KINDS:
-        with coreml.weights_from_package(art.keras_model, path) as m:
-            pred = keras_outputs(m, ev.x)
-        if profile.compute_precision == "fp16":
-            pred = pred.astype(np.float16).astype(np.float32)
-        job.score(cand, pred)
-        cand.evaluated_on = "source Keras model with the package's own weights (coremltools decompress_weights, Linux)"
-        cand.verified.append("Core ML emulated on Linux: the weights coremltools' compression wrote (its k-means / "
-                             "blockwise int4, expanded by coremltools.optimize.coreml.decompress_weights) run in "
-                             "the Keras model")
-        cand.detail = (f"coremltools.optimize.coreml {rung.mode} ({int(rung.value)}-bit), deployment target "
-                       f"{profile.min_deployment_target}")
     elif art.keras_model is not None:
-        with coreml.emulate_on_keras(art.keras_model, rung.mode, rung.value) as m:
-            pred = keras_outputs(m, ev.x)
+        try:
+            if rung.mode == "none":
+                raise StageError("nothing to decompress")
+            with coreml.weights_from_package(art.keras_model, path) as m:
+                pred = keras_outputs(m, ev.x)
+            cand.evaluated_on = ("source Keras model with the package's own weights (coremltools "
+                                 "decompress_weights, Linux)")
+            cand.verified.append("Core ML emulated on Linux: the weights coremltools' compression wrote (its "
+                                 "k-means palettes / linear scales / pruning masks, expanded by coremltools.optimize."
+                                 "coreml.decompress_weights) run in the Keras model")
+        except StageError:
+            with coreml.emulate_on_keras(art.keras_model, rung.mode, rung.value) as m:
+                pred = keras_outputs(m, ev.x)
+            cand.evaluated_on = ("source Keras model (fp16)" if rung.mode == "none" else
+                                 "source Keras model with the same weight compression re-implemented (Linux; the "
+                                 "package's weights could not be mapped back)")
         if profile.compute_precision == "fp16":
             pred = pred.astype(np.float16).astype(np.float32)
         job.score(cand, pred)
-        cand.evaluated_on = "source Keras model with the same weight compression applied (Linux)"
+        if rung.level >= 2:
+            cand.detail = (f"coremltools.optimize.coreml {rung.mode} ({int(rung.value)}-bit), deployment target "
+                           f"{profile.min_deployment_target}")
     else:
         raise StageError("Core ML accuracy on Linux needs a Keras source model",
                          "pass the .keras/.h5 model, or run fit on macOS")

@@ -284,8 +284,9 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         winner = select(candidates, goal)
         nearest = winner or closest(candidates)
         if profile.runtime == "coreml":
-            notes.append("Core ML accuracy on Linux: the same weight compression applied to the source model and "
-                         "evaluated with TensorFlow (Core ML cannot run predictions off macOS)"
+            notes.append("Core ML accuracy on Linux: each package's own compressed weights (decompressed by "
+                         "coremltools) put back into the source model and evaluated with TensorFlow (Core ML cannot "
+                         "run predictions off macOS)"
                          if not coreml_predicts() else "Core ML accuracy: the .mlpackage itself, run by Core ML")
         notes += _verdict_notes(candidates, job, met, max_drop)
         result = FitResult(

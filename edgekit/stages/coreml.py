@@ -149,7 +149,7 @@ def weights_from_package(model: Any, path: Path) -> Iterator[Any]:
     """Temporarily give ``model``'s kernels the values the compressed package holds (decompressed by
     coremltools); each kernel takes the package weight of its transposed shape nearest to its own values."""
     consts = decompressed_weights(path)
-    saved = []
+    saved: list[tuple[Any, np.ndarray]] = []
     try:
         for var in model.weights:
             w = np.asarray(var.numpy())
@@ -163,6 +163,8 @@ def weights_from_package(model: Any, path: Path) -> Iterator[Any]:
             best = min(same, key=lambda c: float(np.mean(np.abs(c - target))))
             saved.append((var, w))
             var.assign(best.transpose(np.argsort(perm)).astype(w.dtype))
+        if not saved:
+            raise StageError(f"no weight of {path.name} matches a kernel of the Keras model")
         yield model
     finally:
         for var, w in saved:
