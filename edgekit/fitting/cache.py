@@ -185,6 +185,7 @@ def store_cached(entry: Path, cand: Candidate, artifact: Path | None) -> None:
 CACHE_MAX_BYTES = options.Option("cache_max_bytes", float(2 << 30),
                                  "size limit of the fit cache; the least recently used entries go first")
 _ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")
+LAYER_ERRORS_DIR = "layer-errors"
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,26 @@ def entries(root: Path | None = None) -> list[CacheEntry]:
                     and not entry.is_symlink() and record.is_file()):
                 size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
                 found.append(CacheEntry(entry, size, record.stat().st_mtime))
+    side = root / LAYER_ERRORS_DIR  # the per-layer error records (search._layer_errors), one file each
+    if side.is_dir() and not side.is_symlink():
+        for f in side.iterdir():
+            if f.suffix == ".json" and _ENTRY_NAME.match(f.stem) and f.is_file() and not f.is_symlink():
+                st = f.stat()
+                found.append(CacheEntry(f, st.st_size, st.st_mtime))
     return sorted(found, key=lambda e: e.used)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def touch_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def touch(entry: Path) -> None:
@@ -227,7 +247,7 @@ def prune(limit: int | None = None, root: Path | None = None) -> list[Path]:
     for e in found:
         if total <= limit:
             break
-        shutil.rmtree(e.path, ignore_errors=True)
+        _remove(e.path)
         total -= e.bytes
         removed.append(e.path)
     return removed
@@ -237,5 +257,5 @@ def clear(root: Path | None = None) -> tuple[int, int]:
     """Remove every entry (only edgekit's own); (entries, bytes) removed."""
     found = entries(root)
     for e in found:
-        shutil.rmtree(e.path, ignore_errors=True)
+        _remove(e.path)
     return len(found), sum(e.bytes for e in found)

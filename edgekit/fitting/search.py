@@ -366,12 +366,13 @@ def _layer_errors(job: Job, key_base: dict[str, Any], use_cache: bool, notes: li
     n = min(layer_error.SAMPLES, len(job.cal))
     method = LAYER_ERROR_METHOD.format(n=n)
     key = hashlib.sha256(json.dumps({**key_base, "layer-errors": 1}, sort_keys=True).encode()).hexdigest()
-    path = cache.cache_dir() / "layer-errors" / f"{key}.json"
+    path = cache.cache_dir() / cache.LAYER_ERRORS_DIR / f"{key}.json"
     if use_cache and path.is_file():
         try:
             doc = json.loads(path.read_text())
             job.layer_errs = [layer_error.LayerError(**d) for d in doc["layers"]]
             job.layer_names = {int(k): v for k, v in doc["names"].items()}
+            cache.touch_file(path)
             return method
         except (OSError, ValueError, TypeError, KeyError):
             pass

@@ -43,3 +43,17 @@ def test_kmeans_int_keeps_at_most_k_integer_values_and_is_deterministic() -> Non
     assert np.sqrt(np.mean((out.astype(float) - v) ** 2)) < 6.0  # 16 levels over ~240 values (uniform: ~4.3)
     few = np.array([3, 3, -1, 5], dtype=np.int8)
     assert np.array_equal(lut.kmeans_int(few, 16), few)  # already at most k values: unchanged
+
+
+def test_layer_error_records_are_cache_entries_that_clear_removes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgekit.fitting import cache
+
+    side = tmp_path / cache.LAYER_ERRORS_DIR
+    side.mkdir()
+    record = side / ("ab" * 32 + ".json")
+    record.write_text('{"layers": [], "names": {}}')
+    (side / "notes.txt").write_text("not edgekit's")
+    found = cache.entries(tmp_path)
+    assert [e.path for e in found] == [record]
+    assert cache.clear(tmp_path) == (1, found[0].bytes)
+    assert not record.exists() and (side / "notes.txt").read_text() == "not edgekit's"
