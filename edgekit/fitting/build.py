@@ -325,7 +325,8 @@ def build_mixed(job: Job, rung: Rung, cand: Candidate) -> Path:
         tfl = bytes(job.calibrated().int8(job.profile.io_dtype, float_nodes=nodes))
         kind = "float"
     cand.detail = f"{kind}: {', '.join(names)} (worst: {', '.join(e.layer for e in worst)}); int8 elsewhere"
-    cand.saved[f"quantization (int8 with a {kind} region) vs the float32 .tflite"] = _float_bytes(job) - len(tfl)
+    cand.saved[f"quantization (int8, {kind} around the worst layer) vs the float32 .tflite"] = (
+        _float_bytes(job) - len(tfl))
     cand.saved[f"{kind} region vs all-int8"] = len(base) - len(tfl)
     return finish_tflite(job, rung, cand, tfl)
 

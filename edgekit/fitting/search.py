@@ -289,6 +289,10 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                          "run predictions off macOS)"
                          if not coreml_predicts() else "Core ML accuracy: the .mlpackage itself, run by Core ML")
         notes += _verdict_notes(candidates, job, met, max_drop)
+        if any(c.stage == "int4" and not c.error for c in candidates):
+            notes.append("INT4 candidates were checked bit-exact on the TFLM host interpreter here; on the device "
+                         "CMSIS-NN's s4 kernels read them (tests/integration/test_level2.py runs one bit-exact on "
+                         "TFLM + CMSIS-NN under QEMU); `edgekit bench` compares a device's raw output with the host")
         result = FitResult(
             model=str(art.source), target=profile.name, metric=met.name, max_drop=max_drop, goal=goal,
             baseline=baseline, candidates=candidates, winner=winner, closest=nearest, notes=notes,
