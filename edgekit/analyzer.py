@@ -228,6 +228,9 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         ram_budget = Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind)
         notes.append("RAM is the peak activation memory (sum of live tensors, execution order)")
     blockers = tflm.blockers if tflm is not None else []
+    arena = tflm.arena.to_dict() if tflm is not None and tflm.arena is not None else None
+    if arena is not None and tflm is not None and tflm.arena is not None:
+        arena["memory_plan"] = _memory_plan(tfl, graph, tflm.arena.head_bytes, notes)
     if profile.latency_ms is not None:
         notes.append(f"latency budget {profile.latency_ms} ms is checked by `edgekit bench`, not analyze")
     return AnalysisReport(
@@ -235,9 +238,32 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         flash_bytes=len(tfl), ram_bytes=ram, ram_kind=ram_kind, graph=graph,
         budgets=budgets(profile, graph, len(tfl), kind, ram_budget, blockers),
         unsupported_ops=unsupported, findings=findings, calibration=calib_label,
-        arena=tflm.arena.to_dict() if tflm is not None and tflm.arena is not None else None,
-        notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None, blockers=blockers,
+        arena=arena, notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None,
+        blockers=blockers,
     )
+
+
+def _memory_plan(tfl: bytes, graph: Graph, head: int, notes: list[str]) -> dict[str, Any] | None:
+    """What edgekit's memory planner would make of this model's non-persistent arena (figures only:
+    analyze reports the model as given; fit and codegen embed the plan)."""
+    from edgekit.analysis.planner import plan
+    from edgekit.stages.memplan import read_offsets
+
+    if read_offsets(tfl) is not None:
+        notes.append(f"memory plan: the model carries an offline plan (non-persistent arena {head:,} B as measured)")
+        return {"embedded": True}
+    try:
+        p = plan(graph)
+    except EdgekitError as exc:
+        notes.append(f"memory plan: not planned ({exc.message})")
+        return None
+    if p.arena_bytes < head:
+        order = ", operators reordered" if p.reordered else ""
+        notes.append(f"memory plan: non-persistent arena {head:,} B with TFLM's own planner, {p.arena_bytes:,} B with "
+                     f"edgekit's plan (liveness bound {p.bound_bytes:,} B{order}); edgekit fit and codegen embed it")
+    else:
+        notes.append(f"memory plan: TFLM's own planner already reaches {head:,} B (liveness bound {p.bound_bytes:,} B)")
+    return {"embedded": False, "measured_head_bytes": head, **p.to_dict()}
 
 
 def _analyze_mlpackage(pkg: Path, profile: TargetProfile) -> AnalysisReport:

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", help="class labels, one per line, in output order")
     c.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--no-plan", action="store_true",
+                   help="keep the model's bytes as given: do not embed a verified memory plan (smaller arena)")
 
     sc = sub.add_parser("scaffold", help="a complete firmware or app project around MODEL")
     sc.add_argument("model", help=".tflite (cmake, arduino, zephyr, android) or .mlpackage (ios)")
@@ -97,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--section", help="linker section for the model array")
     sc.add_argument("--allow-over-budget", action="store_true", help="generate even if the model does not fit")
     sc.add_argument("--force", action="store_true", help="replace an existing output directory")
+    sc.add_argument("--no-plan", action="store_true",
+                    help="keep the model's bytes as given: do not embed a verified memory plan (smaller arena)")
+    sc.add_argument("--mlperf-model", choices=["ic01", "kws01", "vww01", "ad01"],
+                    help="firmware: answer as this MLPerf Tiny benchmark (m-model-[ID]) and take its input as "
+                         "its reference firmware does (ic01/vww01 uint8 pixels, ad01 float32, kws01 int8); "
+                         "default: none (m-model-[NAME], raw input tensor bytes)")
+    sc.add_argument("--zephyr-uart", metavar="LABEL",
+                    help="zephyr: the devicetree node label of the UART the protocol uses (default: the board's "
+                         "zephyr,console UART)")
 
     be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
     be.add_argument("model", help="the deployed .tflite, or a scaffolded project directory (edgekit-project.json)")
@@ -108,9 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--serial", help="adb device serial (needed when several are attached)")
     be.add_argument("--benchmark-binary", help="TFLite benchmark_model built for the phone (with --adb)")
     be.add_argument("--big-cores", action="store_true", help="pin benchmark_model to the big cores (taskset f0)")
-    be.add_argument("--baud", type=int, help="baud rate (default: the profile's)")
-    be.add_argument("--runs", type=int, default=50, help="timed inferences (default 50)")
-    be.add_argument("--warmup", type=int, default=5, help="warm-up inferences (default 5)")
+    be.add_argument("--baud", type=_whole(1), help="baud rate (default: the profile's)")
+    be.add_argument("--runs", type=_whole(1), default=50, help="timed inferences, per-inference method (default 50)")
+    be.add_argument("--warmup", type=_whole(0), default=5, help="warm-up inferences (default 5)")
+    be.add_argument("--method", choices=["auto", "per-inference", "window"], default="auto",
+                    help="per-inference: `infer 1 0` per run; window: MLPerf Tiny's runner method, `infer N W` "
+                         "windows of at least --window-seconds (default auto: per-inference with edgekit "
+                         "firmware, window with plain MLPerf Tiny devices)")
+    be.add_argument("--windows", type=_whole(1), default=5, help="windows with --method window (default 5)")
+    be.add_argument("--window-seconds", type=_seconds, default=10.0,
+                    help="shortest window with --method window, in device seconds (default 10, as MLPerf Tiny)")
     be.add_argument("--input", help="input sample (.npy/.npz; default: a seeded random input)")
     be.add_argument("-o", "--output", help="write bench.json and latency.svg here")
     be.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -118,13 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("device-sim", help="a device emulator on a pseudo-terminal (prints its path)")
     ds.add_argument("model", help="the .tflite the emulated device runs (on the TFLM host interpreter)")
+    ds.add_argument("--mlperf-model", choices=["ic01", "kws01", "vww01", "ad01"],
+                    help="act as MLPerf Tiny's firmware for this benchmark model: `profile` names it and `db` "
+                         "takes its input convention (default: none, the model's raw input bytes)")
     ds.add_argument("--no-extensions", action="store_true", help="behave as a plain MLPerf Tiny device")
-    ds.add_argument("--reset-after", type=int, default=0, help="reboot every N commands (fault injection)")
+    ds.add_argument("--reset-after", type=_whole(0), default=0,
+                    help="reboot every N commands (fault injection; 0 = never)")
     ds.add_argument("--garbage", action="store_true", help="emit noise and split lines (fault injection)")
     ds.add_argument("--silent", action="store_true", help="never answer (fault injection)")
     ds.add_argument("--wrong-hash", action="store_true", help="report another model's hash (fault injection)")
     ds.add_argument("--corrupt-output", action="store_true", help="flip an output bit (fault injection)")
-    ds.add_argument("--stop-after", type=float, help="exit after this many seconds")
+    ds.add_argument("--stop-after", type=_seconds, help="exit after this many seconds")
 
     k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
     k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
@@ -253,8 +275,10 @@ def _cmd_codegen(args: argparse.Namespace) -> int:
     from edgekit.codegen.generate import codegen
 
     r = codegen(args.model, args.target, args.output, name=args.name, section=args.section, labels=args.labels,
-                allow_over_budget=args.allow_over_budget, force=args.force)
+                allow_over_budget=args.allow_over_budget, force=args.force, plan=not args.no_plan)
     print(f"wrote {r.out_dir}/: {', '.join(r.files)}")
+    for note in r.notes:
+        print(f"  {note}")
     print(f"  {r.size:,} B model array, {len(r.ops)} ops ({', '.join(r.ops)}), arena {r.arena_bytes:,} B "
           f"(measured {r.arena_measured:,} B on the host TFLM + margin)")
     return EXIT_OK
@@ -264,27 +288,57 @@ def _cmd_scaffold(args: argparse.Namespace) -> int:
     from edgekit.codegen.scaffold import scaffold
 
     r = scaffold(args.model, args.target, args.build, args.output, name=args.name, labels=args.labels,
-                 section=args.section, allow_over_budget=args.allow_over_budget, force=args.force)
+                 section=args.section, allow_over_budget=args.allow_over_budget, force=args.force,
+                 mlperf_model=args.mlperf_model, zephyr_uart=args.zephyr_uart, plan=not args.no_plan)
     print(f"wrote {r.out_dir}/ ({r.build}, {len(r.files)} files; see edgekit-project.json)")
+    for note in r.notes:
+        print(f"  {note}")
     return EXIT_OK
+
+
+def _whole(minimum: int) -> Any:
+    """argparse type for bench/device-sim counts: a whole number >= ``minimum``."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be >= {minimum}")
+        return value
+
+    return convert
+
+
+def _seconds(text: str) -> float:
+    """argparse type for bench/device-sim durations: a finite number of seconds > 0."""
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return value
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edgekit.bench.runner import bench, mismatch, render_text, write_report
+    from edgekit.bench.report import render_text, write_report
+    from edgekit.bench.runner import bench, load_project, mismatch
+    from edgekit.errors import DataError
     from edgekit.profiles import load_profile
 
     model = Path(args.model)
     target = args.target
-    if model.is_dir() and (model / "edgekit-project.json").is_file():
-        manifest = json.loads((model / "edgekit-project.json").read_text())
-        target = target or manifest["target"]
-        model = model / "edgekit" / "model.tflite"
+    if model.is_dir():
+        project_target, model = load_project(model)
+        target = target or project_target
         args.model = str(model)
-    if not target:
-        from edgekit.errors import DataError
+    elif not model.exists():
+        from edgekit.errors import ModelError
 
+        raise ModelError(f"model file {model} does not exist", "pass the .tflite the firmware was generated from, "
+                         "or the scaffolded project directory")
+    if not target:
         raise DataError("--target is required unless MODEL is a scaffolded project directory")
     profile = load_profile(target)
     if args.adb:
@@ -305,7 +359,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         transport = SerialTransport(args.port, args.baud or profile.baud)
         kind = "device"
     result = bench(args.model, profile, transport, runs=args.runs, warmup=args.warmup, input_path=args.input,
-                   time_kind=kind)
+                   time_kind=kind, method=args.method, windows=args.windows, window_seconds=args.window_seconds,
+                   progress=_bench_progress() if not args.json else None)
     if args.output:
         write_report(result, Path(args.output), args.force)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_text(result))
@@ -314,6 +369,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OVER if result.within_budget is False else EXIT_OK
+
+
+def _bench_progress() -> Any:
+    """Progress on a terminal's stderr (one rewritten line), at most every 0.2 s; nothing when piped."""
+    import time
+
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(i: int, total: int, text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and i != total:
+            return
+        last[0] = now
+        head = f"bench {i}/{total}" if total else "bench"
+        print(f"\r{head}: {text}".ljust(80)[:120], end="\n" if total and i == total else "", file=sys.stderr,
+              flush=True)
+
+    return show
 
 
 def _bench_adb(args: argparse.Namespace, profile: Any) -> int:
@@ -329,10 +404,11 @@ def _bench_adb(args: argparse.Namespace, profile: Any) -> int:
 
 
 def _cmd_device_sim(args: argparse.Namespace) -> int:
-    from edgekit.transports.pty_device import SimOptions, run_device_sim
+    from edgekit.sim.device import SimOptions, run_device_sim
 
     opts = SimOptions(no_extensions=args.no_extensions, reset_after=args.reset_after, garbage=args.garbage,
-                      silent=args.silent, wrong_hash=args.wrong_hash, corrupt_output=args.corrupt_output)
+                      silent=args.silent, wrong_hash=args.wrong_hash, corrupt_output=args.corrupt_output,
+                      mlperf_model=args.mlperf_model)
     return run_device_sim(args.model, opts, args.stop_after)
 
 

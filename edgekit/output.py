@@ -320,8 +320,9 @@ class Output:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, rel: str, content: str | bytes | Path) -> Path:
-        """Write one file (text, bytes, or a file/directory to copy) into the stage."""
+    def write(self, rel: str, content: str | bytes | Path, executable: bool | None = None) -> Path:
+        """Write one file (text, bytes, or a file/directory to copy) into the stage; scripts (``*.sh``,
+        ``gradlew``, or ``executable=True``) get the execute bits the umask allows."""
         dst = self.stage / rel
         if not _is_within(Path(os.path.normpath(dst)), self.stage):
             raise OutputError(f"refusing to write {rel!r} outside the output directory")
@@ -336,6 +337,8 @@ class Output:
                 dst.write_bytes(content)
             else:
                 dst.write_text(content, encoding="utf-8")
+            if executable or (executable is None and rel.endswith((".sh", "gradlew"))):
+                dst.chmod(0o777 & ~_umask())
         except OSError as exc:
             raise OutputError(f"cannot write {rel} for output {self.out}: {exc.strerror}",
                               "check the free space and permissions of the output location") from None

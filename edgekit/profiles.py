@@ -21,7 +21,10 @@ value remembers the file it came from (``edgekit targets show NAME``).
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import stat
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +73,18 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "fpu": ((bool,), "hardware floating point"),
         "simd": ((str,), "SIMD extension: none | dsp | helium | neon"),
         "pointer_bytes": ((int,), "pointer size on the target (4 on Cortex-M)"),
+        "irqs": ((int,), "external interrupts the vector table has entries for (default: the core's maximum)"),
+        "zephyr_board": ((str,), "Zephyr board target for `scaffold --build zephyr`, e.g. nrf52840dk/nrf52840"),
+    },
+    "memory": {
+        "flash_origin": ((int,), "start address of the program flash"),
+        "flash_size": ((int,), "bytes of program flash on the chip"),
+        "boot_header_size": ((int,), "bytes at the start of flash kept for the chip's boot block before the "
+                                     "vector table (RP2040: 256 for the second-stage boot loader)"),
+        "ram_origin": ((int,), "start address of the RAM holding stack, .data and .bss"),
+        "ram_size": ((int,), "bytes of that RAM region"),
+        "arena_origin": ((int,), "optional: start address of a separate RAM region for the tensor arena"),
+        "arena_size": ((int,), "optional: bytes of that arena region"),
     },
     "budgets": {
         "flash_bytes": ((int,), "bytes of flash/storage the model may take"),
@@ -87,6 +102,23 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "baud": ((int,), "serial baud rate"),
     },
 }
+
+
+@dataclass(frozen=True)
+class MemoryMap:
+    """The chip's memory regions (profile section [memory]); the generic linker script is made from it."""
+
+    flash_origin: int
+    flash_size: int
+    ram_origin: int
+    ram_size: int
+    boot_header_size: int = 0
+    arena_origin: int | None = None
+    arena_size: int | None = None
+
+    @property
+    def arena_region(self) -> bool:
+        return self.arena_origin is not None
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,9 @@ class TargetProfile:
     ops_source: str = ""
     transport: str = "serial"
     baud: int = 115200
+    irqs: int | None = None
+    zephyr_board: str = ""
+    memory: MemoryMap | None = None
     path: Path | None = None
     # dotted key -> file that set it (after inheritance)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -151,18 +186,51 @@ def _index(dirs: Iterable[Path]) -> dict[str, Path]:
     return found
 
 
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a few hundred bytes; anything this big is not one
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ProfileError(f"{path} is a directory, not a profile file",
+                               "pass a .toml file, or put the directory on EDGEKIT_TARGETS_PATH and use a name")
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileError(f"profile {path} is not a regular file", "pass a .toml file")
+        if st.st_size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"profile {path} is {st.st_size:,} bytes (a profile is at most "
+                               f"{MAX_PROFILE_BYTES:,})", "is this the right file?")
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read(MAX_PROFILE_BYTES + 1)
     except FileNotFoundError:
         raise ProfileError(f"profile file {path} does not exist") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                           "TOML files are UTF-8: re-save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(
             f"malformed profile {path}: {exc}", "check the TOML syntax at that line"
         ) from None
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise ProfileError(f"malformed profile {path}: values nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ProfileError(f"malformed profile {path}: {_clip(str(exc), 120)}") from None
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A key or value as it can appear in a one-line message (quoted when it has odd characters)."""
+    plain = text.replace("_", "").replace("-", "").replace(".", "").isalnum() and text.isascii()
+    return _clip(text if plain else repr(text), limit)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _validate(raw: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -172,7 +240,7 @@ def _validate(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(value, dict):
             if key not in SCHEMA or key == "":
                 raise ProfileError(
-                    f"{path}: unknown section [{key}]",
+                    f"{path}: unknown section [{_show(key)}]",
                     "known sections: " + ", ".join(f"[{s}]" for s in SCHEMA if s),
                 )
             section = SCHEMA[key]
@@ -182,16 +250,19 @@ def _validate(raw: dict[str, Any], path: Path) -> dict[str, Any]:
                     hint = f"did you mean {key}.{close[0]}?" if close else (
                         f"known keys in [{key}]: " + ", ".join(section)
                     )
-                    raise ProfileError(f"{path}: unknown key {key}.{sub}", hint)
+                    raise ProfileError(f"{path}: unknown key {key}.{_show(sub)}", hint)
                 _check_type(path, f"{key}.{sub}", subval, section[sub])
                 flat[f"{key}.{sub}"] = subval
         else:
+            if key in SCHEMA and key:
+                raise ProfileError(f"{path}: {key} must be a table ([{key}]), not {type(value).__name__}",
+                                   f"write the keys under a [{key}] header")
             if key not in SCHEMA[""]:
                 close = difflib.get_close_matches(key, list(SCHEMA[""]) + list(SCHEMA), n=1)
                 hint = f"did you mean {close[0]}?" if close else (
                     "top-level keys: " + ", ".join(SCHEMA[""])
                 )
-                raise ProfileError(f"{path}: unknown key {key}", hint)
+                raise ProfileError(f"{path}: unknown key {_show(key)}", hint)
             _check_type(path, key, value, SCHEMA[""][key])
             flat[key] = value
     version = flat.get("schema_version")
@@ -210,7 +281,7 @@ def _check_type(path: Path, key: str, value: Any, spec: tuple[tuple[type, ...], 
     if not ok:
         expected = " or ".join(t.__name__ for t in types)
         raise ProfileError(
-            f"{path}: {key} = {value!r} has the wrong type (must be {expected}: {help_text})"
+            f"{path}: {key} = {_clip(repr(value))} has the wrong type (must be {expected}: {help_text})"
         )
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         raise ProfileError(f"{path}: {key} must be a list of strings")
@@ -264,27 +335,66 @@ def _require(values: Mapping[str, Any], key: str, path: Path) -> Any:
     return values[key]
 
 
+CHOICES = {
+    "runtime.delegate": ("none", "xnnpack", "gpu", "nnapi"),
+    "runtime.compute_precision": ("fp16", "fp32"),
+    "runtime.compute_units": ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"),
+    "hardware.simd": ("none", "dsp", "helium", "neon"),
+    "transport.kind": ("serial", "adb"),
+}
+# key -> (smallest allowed, largest allowed, what it is)
+RANGES: dict[str, tuple[float, float, str]] = {
+    "budgets.flash_bytes": (1, 2**62, "a positive number of bytes"),
+    "budgets.ram_bytes": (1, 2**62, "a positive number of bytes"),
+    "budgets.latency_ms": (1e-6, 1e9, "a positive, finite number of milliseconds"),
+    "hardware.clock_hz": (1, 10**12, "a positive frequency in Hz"),
+    "hardware.irqs": (1, 496, "between 1 and 496, the Armv8-M maximum"),
+    "runtime.threads": (1, 1024, "at least 1"),
+    "transport.baud": (1, 100_000_000, "a positive baud rate"),
+    "memory.flash_size": (1, 2**32, "a positive number of bytes"),
+    "memory.ram_size": (1, 2**32, "a positive number of bytes"),
+    "memory.arena_size": (1, 2**32, "a positive number of bytes"),
+    "memory.boot_header_size": (0, 2**32, "a number of bytes >= 0"),
+    "memory.flash_origin": (0, 2**32 - 1, "a 32-bit address"),
+    "memory.ram_origin": (0, 2**32 - 1, "a 32-bit address"),
+    "memory.arena_origin": (0, 2**32 - 1, "a 32-bit address"),
+}
+
+
 def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str]) -> TargetProfile:
+    def bad(key: str, why: str, hint: str | None = None) -> ProfileError:
+        return ProfileError(f"{sources.get(key, path)}: {key} = {_clip(repr(values.get(key)))} ({why})", hint)
+
     runtime = _require(values, "runtime.kind", path)
     if runtime not in RUNTIMES:
-        raise ProfileError(f"{path}: runtime.kind = {runtime!r} (must be one of {', '.join(RUNTIMES)})")
+        raise bad("runtime.kind", f"must be one of {', '.join(RUNTIMES)}")
     artifact = _require(values, "runtime.artifact", path)
     if artifact not in ARTIFACTS:
-        raise ProfileError(f"{path}: runtime.artifact = {artifact!r} (must be one of {', '.join(ARTIFACTS)})")
+        raise bad("runtime.artifact", f"must be one of {', '.join(ARTIFACTS)}")
     dtypes = tuple(_require(values, "ops.dtypes", path))
     for dt in dtypes:
         if dt not in DTYPES:
-            raise ProfileError(f"{path}: ops.dtypes has {dt!r} (must be among {', '.join(DTYPES)})")
-    for key in ("budgets.flash_bytes", "budgets.ram_bytes"):
-        if _require(values, key, path) <= 0:
-            raise ProfileError(f"{path}: {key} = {values[key]} (must be a positive number of bytes)")
+            raise ProfileError(f"{sources.get('ops.dtypes', path)}: ops.dtypes has {_clip(repr(dt))} "
+                               f"(must be among {', '.join(DTYPES)})")
+    _require(values, "budgets.flash_bytes", path)
+    _require(values, "budgets.ram_bytes", path)
+    for key, (low, high, what) in RANGES.items():
+        value = values.get(key)
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise bad(key, f"must be {what}")
+    for key, allowed in CHOICES.items():
+        if key in values and values[key] not in allowed:
+            raise bad(key, f"must be one of {', '.join(allowed)}")
+    if values.get("hardware.pointer_bytes", 8) not in (4, 8):
+        raise bad("hardware.pointer_bytes", "must be 4 or 8")
     io_dtype = values.get("runtime.io_dtype", "float32")
     if io_dtype not in ("int8", "float32"):
-        raise ProfileError(f"{path}: runtime.io_dtype = {io_dtype!r} (must be int8 or float32)")
+        raise bad("runtime.io_dtype", "must be int8 or float32")
     ops = frozenset(values.get("ops.allow", []))
     allow_all = bool(values.get("ops.allow_all_builtin", False))
     if not ops and not allow_all:
         raise ProfileError(f"{path}: no operators allowed", "set ops.allow or ops.allow_all_builtin = true")
+    memory = _memory(values, sources, path)
     latency = values.get("budgets.latency_ms")
     return TargetProfile(
         name=name,
@@ -313,10 +423,58 @@ def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str
         strip_metadata=bool(values.get("runtime.strip_metadata", False)),
         transport=values.get("transport.kind", "serial"),
         baud=int(values.get("transport.baud", 115200)),
+        irqs=values.get("hardware.irqs"),
+        zephyr_board=values.get("hardware.zephyr_board", ""),
+        memory=memory,
         path=path,
         sources=dict(sources),
         values=dict(values),
     )
+
+
+def _memory(values: Mapping[str, Any], sources: Mapping[str, str], path: Path) -> MemoryMap | None:
+    """The [memory] section, checked for completeness and against the budgets; None when absent."""
+    keys = [k for k in values if k.startswith("memory.")]
+    if not keys:
+        return None
+    leaf = str(path.resolve())
+    where = leaf if any(sources.get(k) == leaf for k in keys) else sources.get(keys[0], str(path))
+    for key in ("memory.flash_origin", "memory.flash_size", "memory.ram_origin", "memory.ram_size"):
+        if key not in values:
+            raise ProfileError(f"{where}: [memory] without {key}",
+                               "a memory map names flash_origin, flash_size, ram_origin and ram_size")
+    if ("memory.arena_origin" in values) != ("memory.arena_size" in values):
+        raise ProfileError(f"{where}: [memory] needs both arena_origin and arena_size, or neither")
+    mem = MemoryMap(flash_origin=values["memory.flash_origin"], flash_size=values["memory.flash_size"],
+                    ram_origin=values["memory.ram_origin"], ram_size=values["memory.ram_size"],
+                    boot_header_size=values.get("memory.boot_header_size", 0),
+                    arena_origin=values.get("memory.arena_origin"), arena_size=values.get("memory.arena_size"))
+    regions = [("flash", mem.flash_origin, mem.flash_size), ("ram", mem.ram_origin, mem.ram_size)]
+    if mem.arena_origin is not None and mem.arena_size is not None:
+        regions.append(("arena", mem.arena_origin, mem.arena_size))
+    for region, origin, size in regions:
+        if origin + size > 2**32:
+            raise ProfileError(f"{where}: memory.{region}_origin + memory.{region}_size = {origin + size:#x} "
+                               "runs past the 32-bit address space")
+    for i, (a, a0, an) in enumerate(regions):
+        for b, b0, bn in regions[i + 1:]:
+            if a0 < b0 + bn and b0 < a0 + an:
+                raise ProfileError(f"{where}: memory regions {a} ({a0:#x}+{an:#x}) and {b} ({b0:#x}+{bn:#x}) "
+                                   "overlap")
+    if mem.boot_header_size >= mem.flash_size:
+        raise ProfileError(f"{where}: memory.boot_header_size = {mem.boot_header_size} leaves no flash")
+    code_bytes = mem.flash_size - mem.boot_header_size
+    if values["budgets.flash_bytes"] > code_bytes:
+        raise ProfileError(f"{sources.get('budgets.flash_bytes', path)}: budgets.flash_bytes = "
+                           f"{values['budgets.flash_bytes']:,} is more than the chip's flash ({code_bytes:,} B "
+                           "usable in [memory])", "lower the budget, or set memory.flash_size for your chip")
+    arena_room = mem.arena_size if mem.arena_size is not None else mem.ram_size
+    if values["budgets.ram_bytes"] > arena_room:
+        region = "memory.arena_size" if mem.arena_size is not None else "memory.ram_size"
+        raise ProfileError(f"{sources.get('budgets.ram_bytes', path)}: budgets.ram_bytes = "
+                           f"{values['budgets.ram_bytes']:,} does not fit the region the arena lives in "
+                           f"({region} = {arena_room:,})", f"lower the budget, or set {region} for your chip")
+    return mem
 
 
 def load_profile(name_or_path: str | os.PathLike[str], extra_dirs: Iterable[Path] = ()) -> TargetProfile:
@@ -324,37 +482,50 @@ def load_profile(name_or_path: str | os.PathLike[str], extra_dirs: Iterable[Path
     dirs = search_path(extra_dirs)
     index = _index(dirs)
     text = str(name_or_path)
-    if text.endswith(".toml") or os.sep in text:
+    if not text:
+        raise ProfileError("empty target name", _closest_hint("", index))
+    if text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text) or text not in index:
         path = Path(text)
-        if not path.is_file():
-            raise ProfileError(f"profile file {path} does not exist")
-        name = path.stem
+        if path.is_dir():
+            raise ProfileError(f"target {path} is a directory, not a profile file",
+                               f"pass one of its .toml files, or set EDGEKIT_TARGETS_PATH={path} and use the "
+                               "profile's name")
+        if text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text):
+            if not path.exists():
+                raise ProfileError(f"profile file {path} does not exist", "check the path")
+            name = path.stem
+        else:
+            raise ProfileError(f"unknown target {text!r}", _closest_hint(text, index))
     else:
         name = text
-        found = index.get(name)
-        if found is None:
-            raise ProfileError(f"unknown target {name!r}", _closest_hint(name, index))
-        path = found
+        path = index[name]
     values, sources = _resolve_raw(path.resolve(), index, [])
     if values.get("abstract"):
         raise ProfileError(
             f"target {name!r} is an abstract base profile",
-            "use a profile that inherits it, e.g. " + ", ".join(list_targets()[:3]),
+            "use a profile that inherits it, e.g. " + ", ".join(list_targets(warn=False)[:3]),
         )
     return _build(name, path, values, sources)
 
 
-def list_targets(extra_dirs: Iterable[Path] = ()) -> list[str]:
-    """Names of every concrete (non-abstract) profile on the search path."""
+def list_targets(extra_dirs: Iterable[Path] = (), warn: bool = True) -> list[str]:
+    """Names of every concrete (non-abstract) profile on the search path.
+
+    A profile that does not load (not UTF-8, malformed, invalid values, ...) is left out; with ``warn``, one
+    line on stderr names it and says why, so that one broken file never hides the others.
+    """
     names = []
     for name, path in sorted(_index(search_path(extra_dirs)).items()):
         try:
             raw = _read_toml(path)
-        except ProfileError:
-            names.append(name)  # listed so that `show` reports the error
+            if raw.get("abstract", False) is True:
+                continue
+            load_profile(path, extra_dirs)
+        except ProfileError as exc:
+            if warn:
+                print(f"edgekit: warning: skipping target profile {name!r}: {exc}", file=sys.stderr)
             continue
-        if not raw.get("abstract", False):
-            names.append(name)
+        names.append(name)
     return names
 
 

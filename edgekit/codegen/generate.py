@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class CodegenResult:
     arena_measured: int
     ops: list[str]
     size: int
+    notes: list[str] = field(default_factory=list)
 
 
 def arena_constant(measured: int) -> int:
@@ -123,12 +124,15 @@ def check_section(section: str | None) -> None:
                               "letters, digits, '_', '.' and '$' only, e.g. .model_data")
 
 
-def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, allow_over_budget: bool
-            ) -> tuple[bytes, Graph, TargetProfile, int]:
+def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, allow_over_budget: bool,
+            plan: bool = True, notes: list[str] | None = None) -> tuple[bytes, Graph, TargetProfile, int]:
     """Read, check against the target, and measure: (model bytes, graph, profile, measured arena).
 
     The verdict is check's (:mod:`edgekit.analysis.verdict`): the same budgets, the same reserved
-    arena, the same reasons TFLM cannot run a model.
+    arena, the same reasons TFLM cannot run a model. With ``plan`` (the default), a model that carries
+    no memory plan gets one embedded when TFLM confirms it lowers the arena with bit-exact outputs
+    (:func:`edgekit.stages.memplan.optimize`): the bytes returned are then the planned model's, and a
+    line saying so is appended to ``notes``.
     """
     p = Path(model_path)
     if p.suffix.lower() != ".tflite":
@@ -148,6 +152,8 @@ def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, all
     if unsupported:
         raise DoesNotFit(f"{p.name} uses operators TFLM does not have: {', '.join(unsupported)}",
                               "replace them in the model, or pick a runtime that has them")
+    if plan:
+        data, graph = _planned(data, graph, notes if notes is not None else [])
     tflm = assess_tflm(data, graph, profile, skip_hopeless=not allow_over_budget)
     if tflm.blockers:
         raise DoesNotFit(f"{p.name}: {'; '.join(tflm.blockers)}",
@@ -162,6 +168,25 @@ def prepare(model_path: str | os.PathLike[str], target: str | TargetProfile, all
     return data, graph, profile, tflm.measured
 
 
+def _planned(data: bytes, graph: Graph, notes: list[str]) -> tuple[bytes, Graph]:
+    """The model with a verified memory plan embedded, when it has none and one helps."""
+    from edgekit.errors import EdgekitError
+    from edgekit.stages import memplan
+
+    if memplan.read_offsets(data) is not None:
+        notes.append("memory plan: the model carries one already (used as is)")
+        return data, graph
+    try:
+        result = memplan.optimize(data)
+    except EdgekitError as exc:  # TFLM could not run it: the verdict below says why
+        notes.append(f"memory plan not applied: {exc.message}")
+        return data, graph
+    notes.append(("memory plan embedded: " if result.applied else "") + result.note)
+    if not result.applied:
+        return data, graph
+    return result.data, read_graph(result.data)
+
+
 def _over_text(b: Budget) -> str:
     if b.name == "ram" and b.note.startswith("tflm-arena"):
         return f"arena {b.used:,} B ({b.note}) > {b.limit:,} B by {-b.margin:,} B"
@@ -172,16 +197,18 @@ def _over_text(b: Budget) -> str:
 
 def codegen(model: str | os.PathLike[str], target: str | TargetProfile, out_dir: str | os.PathLike[str],
             name: str | None = None, section: str | None = None, labels: str | None = None,
-            allow_over_budget: bool = False, force: bool = False) -> CodegenResult:
+            allow_over_budget: bool = False, force: bool = False, plan: bool = True) -> CodegenResult:
     check_section(section)
+    notes: list[str] = []
     with output.Output(out_dir, force, inputs=[model, labels], command="codegen") as out:
-        data, graph, profile, arena = prepare(model, target, allow_over_budget)
+        data, graph, profile, arena = prepare(model, target, allow_over_budget, plan=plan, notes=notes)
         label_list = read_labels(labels, graph)
         ctx = codegen_context(data, graph, profile, name or Path(model).stem, Path(model).name, section,
                               label_list, arena)
-        files = render.render_kind("codegen", ctx)
-        for rel, text in files.items():
-            out.write(rel, text)
+        files: dict[str, str | bytes] = dict(render.render_kind("codegen", ctx))
+        files["model.tflite"] = data  # the exact bytes of the C array: what `edgekit bench` compares against
+        for rel, content in files.items():
+            out.write(rel, content)
         out.publish()
     return CodegenResult(out_dir=Path(out_dir), files=sorted(files), name=ctx["name"], arena_bytes=ctx["arena_bytes"],
-                         arena_measured=arena, ops=graph.ops, size=len(data))
+                         arena_measured=arena, ops=graph.ops, size=len(data), notes=notes)

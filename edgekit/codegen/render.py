@@ -67,7 +67,5 @@ def write_tree(out: str | os.PathLike[str], files: Mapping[str, str | bytes | Pa
     with output.Output(out, force, inputs, command=command,
                        expected_bytes=sum(len(c) for c in files.values() if not isinstance(c, Path))) as o:
         for rel, content in files.items():
-            dst = o.write(rel, content)
-            if rel.endswith((".sh", "gradlew")):
-                dst.chmod(0o755 & ~output._umask())
+            o.write(rel, content)
         o.publish()

@@ -64,6 +64,7 @@ class Job:
             assert truth is not None
             cand.metrics[m.name] = m(truth, outputs, self.ev.x)
         cand.metric = cand.metrics[(self.mets or [self.met])[0].name]
+    plan_memory: bool = True  # embed a verified offline memory plan in TFLM candidates
 
     @property
     def host_timing(self) -> bool:
@@ -194,8 +195,17 @@ def finish_tflite(job: Job, rung: Rung, cand: Candidate, tfl: bytes, reference: 
         graph = read_graph(tfl)
         if not compat.unsupported_ops(graph, profile) or force_tflm:
             run, tfl = _tflm_verified(job, cand, tfl, reference, reference_label)
+            arena = run.arena_bytes
+            if job.plan_memory:  # every Cortex-M candidate: a verified offline memory plan, applied last
+                from edgekit.stages import memplan
+
+                planned = memplan.optimize(tfl, worker=job.worker)
+                cand.memory_plan = planned.note
+                if planned.applied and planned.verification is not None:
+                    tfl = planned.data
+                    arena = planned.verification.head_after + planned.verification.tail_after
             graph = read_graph(tfl)
-            cand.ram_bytes, cand.ram_kind = run.arena_bytes, "tflm-arena"
+            cand.ram_bytes, cand.ram_kind = arena, "tflm-arena"
             job.score(cand, run.outputs)
             cand.evaluated_on = "TFLM host interpreter (reference kernels)"
         else:

@@ -25,7 +25,8 @@ from edgekit import options
 from edgekit._hashing import content_hash
 from edgekit.fitting.types import Candidate
 
-CACHE_VERSION = "fit-3"  # fit-2: records carry the artifact's and their own sha256; fit-3: level 2 fields
+CACHE_VERSION = "fit-4"  # fit-2: records carry the artifact's and their own sha256; fit-3: memory plans;
+# fit-4: level-2 fields (metrics, saved bytes, verification, detail)
 
 
 def array_hash(*arrays: np.ndarray | None) -> str:

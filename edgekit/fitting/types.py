@@ -42,6 +42,7 @@ class Candidate:
     within_drop: bool = False
     evaluated_on: str = ""
     stripped: str = ""
+    memory_plan: str = ""  # what the offline memory planner did (TFLM candidates)
     error: str = ""
     cached: bool = False
     seconds: float = 0.0

@@ -51,6 +51,8 @@ def render_text(r: FitResult) -> str:
     if r.winner:
         lines.append(f"winner: {r.winner.name}, {r.winner.flash_bytes:,} B flash, {r.winner.ram_bytes:,} B RAM, "
                      f"{r.metric} {r.winner.metric:.3f} (drop {r.winner.drop:+.3f})")
+        if r.winner.memory_plan:
+            lines.append(f"memory plan: {r.winner.memory_plan}")
     else:
         lines.append(f"NOTHING FITS {r.target} within a drop of {r.max_drop}")
         if r.closest:
@@ -91,6 +93,8 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
     if r.winner:
         md.append(f"**Winner: {r.winner.name}** — the smallest {r.goal} of the candidates that fit "
                   f"every budget within the allowed {r.metric} drop.")
+        if r.winner.memory_plan:
+            md.append(f"\nMemory plan: {r.winner.memory_plan}.")
     else:
         md.append(f"**Nothing fits.** Closest: {r.closest.name if r.closest else 'none'}.")
     if has_plot:

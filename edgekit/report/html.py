@@ -129,8 +129,12 @@ def bench_html(r: BenchResult, histogram_svg: str) -> str:
         "kind": "bench", "summary": {"model": r.model, "target": r.target, "runtime": r.device,
                                      "artifact": r.time_kind, "verdict": {None: "not judged", True: "within budget",
                                                                           False: "OVER BUDGET"}[r.within_budget],
-                                     "fits": r.within_budget is not False, "flash": None, "ram": r.arena_used,
-                                     "ram_kind": "device arena_used", "params": None, "macs": None},
+                                     "fits": r.within_budget is not False, "flash": None,
+                                     "ram": r.arena_min if r.arena_min is not None else r.arena_used,
+                                     "ram_kind": "device arena_min: the smallest arena that allocates"
+                                     if r.arena_min is not None else
+                                     "device arena_used: TFLM's figure, not a safe arena size",
+                                     "params": None, "macs": None},
         "budgets": budgets, "layers": [], "peak": None, "notes": list(r.notes), "candidates": [],
         "plot": _inline_svg(histogram_svg),
         "bench": {"stats": r.stats, "runs": r.runs, "warmup": r.warmup, "checks": r.checks, "ops": ops}})

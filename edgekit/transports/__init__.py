@@ -1,1 +1,1 @@
-"""Transports to devices: serial (pyserial URLs), pseudo-terminals, QEMU, adb."""
+"""Transports to devices: serial (pyserial URLs, pseudo-terminals), QEMU, adb."""

@@ -1,10 +1,12 @@
 """Run a firmware built from the ``qemu`` scaffold under ``qemu-system-arm -M mps2-an386``.
 
-The UART is a loopback TCP socket (``-serial tcp:127.0.0.1:PORT,server=on,wait=on``), so QEMU starts
-the guest only once edgekit has connected and no boot output is lost; edgekit then talks to it through
-pyserial's ``socket://`` URL, the same path as a real serial port. With ``-icount shift=0`` every guest
-instruction advances virtual time by 1 ns: timings are instruction-proportional and repeatable, and are
-reported as virtual time, never as real-board milliseconds.
+The UART is a loopback TCP socket (``-serial tcp:127.0.0.1:PORT,server=on,wait=on,nodelay=on``), so
+QEMU starts the guest only once edgekit has connected and no boot output is lost (``nodelay``: without
+it Nagle's algorithm holds each answer's tail until the host's delayed ACK, ~40 ms per command);
+edgekit then talks to it through pyserial's ``socket://`` URL, the same path as a real serial port.
+With ``-icount shift=0`` every guest instruction advances virtual time by 1 ns: timings are
+instruction-proportional and repeatable, and are reported as virtual time, never as real-board
+milliseconds.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ def _free_port() -> int:
 
 
 class QemuTransport(SerialTransport):
-    def __init__(self, build_dir: Path, start_timeout: float = 20.0) -> None:
+    def __init__(self, build_dir: Path, start_timeout: float = 20.0, nodelay: bool = True) -> None:
         self.elf = find_elf(build_dir)
         self.tcp = _free_port()
         super().__init__(f"socket://127.0.0.1:{self.tcp}")
         self.name = f"qemu:{self.elf}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_timeout = start_timeout
+        self.nodelay = nodelay  # off: QEMU's Nagle delays each answer by ~40 ms (benchmarks/qemu_serial_latency.py)
 
     def open(self) -> None:
         qemu = shutil.which("qemu-system-arm")
@@ -51,7 +54,7 @@ class QemuTransport(SerialTransport):
         self.proc = subprocess.Popen(
             [qemu, "-M", "mps2-an386", "-display", "none", "-monitor", "none", "-icount", "shift=0",
              "-semihosting-config", "enable=on,target=native", "-kernel", str(self.elf),
-             "-serial", f"tcp:127.0.0.1:{self.tcp},server=on,wait=on"],
+             "-serial", f"tcp:127.0.0.1:{self.tcp},server=on,wait=on{',nodelay=on' if self.nodelay else ''}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.start_timeout
         while True:

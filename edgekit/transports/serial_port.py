@@ -12,8 +12,32 @@ DIALOUT_HINT = ("check the cable and the port name; on Linux your user needs the
                 "(sudo usermod -aG dialout $USER, then log in again)")
 
 
+def _not_a_port(url: str) -> str | None:
+    """Why ``url`` (a local path) cannot be a serial port, found without opening it; None if it may be one."""
+    import os
+    import stat
+
+    if "://" in url:
+        return None
+    try:
+        mode = os.stat(url).st_mode
+    except FileNotFoundError:
+        return "the port does not exist"
+    except OSError as exc:
+        return f"it cannot be examined ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return "it is a regular file, not a serial port"
+    if stat.S_ISDIR(mode):
+        return "it is a directory, not a serial port"
+    if not stat.S_ISCHR(mode):
+        return "it is not a character device, so not a serial port"
+    return None
+
+
 class SerialTransport(Transport):
     def __init__(self, url: str, baud: int = 115200) -> None:
+        if not isinstance(baud, int) or baud <= 0:
+            raise TransportError(f"invalid baud rate {baud!r} (must be a positive whole number, e.g. 115200)")
         self.url, self.baud = url, baud
         self.name = url
         self.port: Any = None
@@ -21,6 +45,12 @@ class SerialTransport(Transport):
     def open(self) -> None:
         import serial
 
+        why = _not_a_port(self.url)
+        if why == "the port does not exist":
+            raise TransportError(f"could not open {self.url}: the port does not exist", DIALOUT_HINT)
+        if why:
+            raise TransportError(f"could not open {self.url}: {why}",
+                                 "pass the board's port, e.g. /dev/ttyACM0 or /dev/ttyUSB0 (ls /dev/tty*)")
         try:
             self.port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0, write_timeout=0,
                                               exclusive=True if "://" not in self.url else None)
@@ -29,8 +59,15 @@ class SerialTransport(Transport):
             if "busy" in text.lower() or "lock" in text.lower() or "Resource temporarily" in text:
                 raise TransportError(f"could not open {self.url}: the port is busy (another program has it open)",
                                      "close the other program (screen, minicom, an IDE serial monitor)") from None
-            raise TransportError(f"could not open {self.url}: the port is busy or doesn't exist ({text})",
-                                 DIALOUT_HINT) from None
+            if "Inappropriate ioctl" in text or "(25," in text:
+                raise TransportError(f"could not open {self.url}: it is not a serial port (a device without "
+                                     "terminal settings)", "pass the board's port, e.g. /dev/ttyACM0") from None
+            if "Permission denied" in text or "Errno 13" in text:
+                raise TransportError(f"could not open {self.url}: permission denied", DIALOUT_HINT) from None
+            if "baud" in text.lower():
+                raise TransportError(f"could not open {self.url} at {self.baud} baud: {text}",
+                                     "pass a baud rate the port supports with --baud") from None
+            raise TransportError(f"could not open {self.url}: {text}", DIALOUT_HINT) from None
 
     def close(self) -> None:
         if self.port is not None:

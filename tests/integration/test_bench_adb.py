@@ -54,7 +54,7 @@ def _stand_in(tmp_path: Path, output: str) -> Path:
 
 
 def _device(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
-    from edgekit.transports.adb_device import AdbDeviceEmulator
+    from tests.doubles.adb_device import AdbDeviceEmulator
 
     sandbox = tmp_path / f"phone-{len(list(tmp_path.glob('phone-*')))}"
     sandbox.mkdir()

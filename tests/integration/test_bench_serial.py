@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -50,6 +52,7 @@ def test_bench_against_the_emulator(models: dict[str, Path], tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["extensions"] is True and r["runs"] == 8 and len(r["latencies_us"]) == 8
+    assert r["method"] == "per-inference" and r["upload_bytes_per_line"] == 64  # edgekit-info's cmd_buffer=255
     assert r["checks"]["model_hash"] == "match"
     assert r["checks"]["output"] == "exact match with the TFLM host interpreter"
     assert r["time_kind"].startswith("host")  # emulator latencies are labelled host times
@@ -72,10 +75,13 @@ def test_scaffolded_project_needs_only_the_port(models: dict[str, Path], tmp_pat
 
 def test_plain_mlperf_device_falls_back(models: dict[str, Path]) -> None:
     with device(models["int8"], "--no-extensions") as port:
-        proc = _bench(models["int8"], port)
+        proc = _bench(models["int8"], port, "--window-seconds", "0.2")
     assert proc.returncode == 0, proc.stderr
     assert "check model_hash: not possible: the device knows no edgekit extensions" in proc.stdout
     assert "check output: not possible" in proc.stdout and "median" in proc.stdout
+    # the default against a plain device is MLPerf Tiny's runner method, in lines that fit its 80-char buffer
+    assert "method: window (MLPerf Tiny's runner method): 5 windows" in proc.stdout
+    assert "31 bytes per line" in proc.stdout
 
 
 def test_port_missing_names_it_with_a_dialout_hint(models: dict[str, Path]) -> None:
@@ -159,3 +165,131 @@ def test_bench_against_qemu(models: dict[str, Path], tmp_path: Path) -> None:
         assert r["checks"]["per_op"].endswith("operators") and any(o["op"] == "CONV_2D" for o in r["ops"])
         medians.append(r["stats"]["median_us"])
     assert abs(medians[0] - medians[1]) <= 1  # instruction-proportional virtual time repeats to +-1 tick
+    assert r["host_overhead_ms_per_command"] is None  # virtual time: not comparable with the host clock
+    # QEMU's TCP serial runs with nodelay=on: a command's round trip is milliseconds, not Nagle's ~45 ms
+    from edgekit.bench.protocol import Client
+    from edgekit.transports.qemu import QemuTransport
+
+    with QemuTransport(tmp_path / "b") as t:
+        c = Client(t)
+        c.drain()
+        trips = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            c.command("timestamp")
+            trips.append(time.perf_counter() - t0)
+    assert sorted(trips)[10] < 0.025, trips
+
+
+# ------------------------------------------------------------------ device-sim as an MLPerf Tiny device
+
+
+class SimWire:
+    def __init__(self, model: Path, **opts: object) -> None:
+        from edgekit.sim.device import DeviceSim, SimOptions
+
+        self.out = bytearray()
+        self.sim = DeviceSim(model.read_bytes(), SimOptions(**opts), name=model.stem,  # type: ignore[arg-type]
+                             write=self.out.extend)
+
+    def say(self, cmd: str) -> str:
+        self.out.clear()
+        self.sim.handle(cmd)
+        return self.out.decode()
+
+
+def test_device_sim_follows_the_mlperf_tiny_device_api(models: dict[str, Path]) -> None:
+    w = SimWire(models["int8"])
+    assert "m-model-[cnn_int8]\r\n" in w.say("profile")  # the runner needs an m-model line
+    assert w.say("infer 0") == "e-[Inference iterations must be >0]\r\nm-ready\r\n"
+    assert w.say("infer -2 1") == "e-[Inference iterations must be >0]\r\nm-ready\r\n"
+    assert w.say("infer 2 -1") == "e-[Inference warmup must be >=0]\r\nm-ready\r\n"
+    assert w.say("db load 0") == "e-[Command 'db load' must be >0 bytes]\r\nm-ready\r\n"
+    assert w.say("db load 65").startswith("e-[Supplied buffer size 65 exceeds maximum of 64]")
+    assert w.say("db load 32") == "m-[Expecting 32 bytes]\r\nm-ready\r\n"  # any 0 < N <= the buffer
+    assert w.say("db " + "00" * 32) == "m-load-done\r\nm-ready\r\n"
+    assert w.say("infer").startswith("e-[Input db has 32 bytes, expected 64]")
+    assert w.say("db 0") == "e-[Insufficent number of hex digits]\r\nm-ready\r\n"
+    w.say("db load 64")
+    w.say("db " + "01" * 64)
+    assert w.say("infer").startswith("m-warmup-start-10\r\nm-warmup-done\r\nm-infer-start-1\r\n")  # infer = 1 10
+    assert w.say("infer 3").startswith("m-warmup-start-10\r\n")
+    info = w.say("edgekit-info")
+    assert "cmd_buffer=255,timer_bits=32,mlperf_model=none]" in info
+    assert w.say("x" * 300).startswith("e-[command too long")
+    laps = [int(v) for v in re.findall(r"m-lap-us-(\d+)", w.say("infer 1 0"))]
+    assert len(laps) == 2 and all(0 <= v < 2**32 for v in laps)
+
+
+def test_device_sim_as_anomaly_detection(models: dict[str, Path]) -> None:
+    w = SimWire(models["int8"], mlperf_model="ad01")
+    assert "m-model-[ad01]" in w.say("profile") and "mlperf_model=ad01]" in w.say("edgekit-info")
+    assert w.say("db load 512").startswith("m-[Expecting 512 bytes]")  # float32: 64 x 4 bytes, two inputs fit
+    assert w.say("db load 513").startswith("e-[Supplied buffer size 513 exceeds maximum of 512]")
+    w.say("db load 256")
+    for _ in range(4):  # 16 floats a line
+        out = w.say("db " + np.full(16, 0.25, dtype="<f4").tobytes().hex())
+    assert out.startswith("m-load-done")
+    results = re.findall(r"m-results-\[([^\]]*)\]", w.say("infer 1 0"))
+    assert len(results) == 1 and re.fullmatch(r"\d+\.\d{3}", results[0])  # one anomaly score
+
+
+def test_float_output_within_tolerance(models: dict[str, Path]) -> None:
+    with device(models["float"], "--corrupt-output") as port:  # one bit of the first float: 1 ulp
+        proc = _bench(models["float"], port, "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["checks"]["output"].startswith("float32 within tolerance of the TFLM host interpreter")
+    assert 0 < r["output_error"]["max_abs"] < 1e-5 and 0 < r["output_error"]["max_rel"] < 1e-4
+
+
+def test_float_output_beyond_tolerance_is_a_mismatch(models: dict[str, Path]) -> None:
+    from edgekit.bench.protocol import Client
+    from edgekit.bench.runner import _check_output
+    from edgekit.evaluate import tflm_session
+    from tests.unit.test_protocol_parser import Scripted
+
+    x = np.load(models["calib"])["x"][:1].astype(np.float32)
+    model = models["float"].read_bytes()
+    host = tflm_session([model], x)[0].raw.astype("<f4")
+    off = host.copy()
+    off.reshape(-1)[int(np.argmax(host))] *= 1.01
+    client = Client(Scripted([f"m-edgekit-output-[{off.tobytes().hex()}]\r\nm-ready\r\n".encode()]), timeout=1.0)
+    text, err = _check_output(client, model, x)
+    assert text.startswith("MISMATCH: float32 output differs") and err is not None
+    assert err["max_rel"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_host_overhead_only_where_the_device_clock_is_real_time(models: dict[str, Path]) -> None:
+    from edgekit.bench.runner import bench
+    from tests.doubles.faults import Faults, FaultyDevice, MemoryTransport
+    from tests.doubles.mlperf_dut import Clock, ReferenceDut
+
+    def run(kind: str):  # type: ignore[no-untyped-def]
+        dut = ReferenceDut("kws01", models["int8"].read_bytes(), clock=Clock())
+        return bench(models["int8"], "cortex-m4", MemoryTransport(FaultyDevice(dut, Faults())), runs=5, warmup=0,
+                     method="per-inference", time_kind=kind)
+
+    real = run("device")
+    assert real.host_overhead_ms_per_command is not None and real.host_overhead_ms_per_command >= 0
+    virtual = run("virtual time (QEMU -icount shift=7)")
+    assert virtual.host_overhead_ms_per_command is None
+    assert any("host overhead per command not computed" in n for n in virtual.notes)
+
+
+def test_arena_figures_are_labelled(models: dict[str, Path]) -> None:
+    """edgekit firmware reports arena_min (the smallest arena that allocates on the device) beside TFLM's
+    arena_used_bytes(); bench reports both, and says which one the arena must be sized against."""
+    from edgekit.bench.runner import bench
+    from tests.doubles.faults import Faults, FaultyDevice, MemoryTransport
+    from tests.doubles.serve_dut import SimEngine
+
+    engine = SimEngine(models["int8"].read_bytes(), "cnn_int8", None)
+    device = FaultyDevice(engine, Faults())
+    plain = engine.write_raw
+    engine.write_raw = lambda data: plain(data.replace(b",arena_used=", b",arena_min=7040,arena_used="))
+    engine.boot()
+    r = bench(models["int8"], "cortex-m4", MemoryTransport(device), runs=3, warmup=0)
+    assert r.arena_min == 7040 and r.arena_used == engine.sim.arena_used
+    assert r.checks["arena"].startswith("arena_min 7040 bytes (the smallest arena that allocates on the device")
+    assert "not a safe arena size" in r.checks["arena"]

@@ -251,3 +251,104 @@ def test_check_is_a_terse_gate(models: dict[str, Path]) -> None:
     assert data["fits"] is False and "layers" not in data
     bad = run_cli("check", "/nonexistent.tflite", "-t", "cortex-m4")
     assert bad.returncode == 2
+
+
+@pytest.mark.parametrize("build", ["cmake", "zephyr", "arduino"])
+def test_scaffold_that_does_not_fit_exits_1_and_writes_nothing(models: dict[str, Path], tmp_path: Path,
+                                                               build: str) -> None:
+    tiny = str(DATA / "targets" / "valid_tiny_board.toml")
+    proc = run_cli("scaffold", str(models["int8"]), "-t", tiny, "-b", build, "-o", str(tmp_path / "fw"))
+    assert proc.returncode == 1 and "does not fit" in proc.stderr and "--allow-over-budget" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "fw").exists()
+    topk = run_cli("scaffold", str(models["topk"]), "-t", "cortex-m4", "-b", build, "-o", str(tmp_path / "fw"))
+    assert topk.returncode == 1 and "TOPK_V2" in topk.stderr and not (tmp_path / "fw").exists()
+
+
+def test_phone_scaffold_that_does_not_fit_exits_1(models: dict[str, Path], tmp_path: Path) -> None:
+    small = tmp_path / "small-phone.toml"
+    small.write_text('schema_version = 1\ninherit = "android-arm64-cpu"\n[budgets]\nflash_bytes = 1000\n')
+    proc = run_cli("scaffold", str(models["float"]), "-t", str(small), "-b", "android", "-o", str(tmp_path / "app"))
+    assert proc.returncode == 1 and "does not fit" in proc.stderr and "flash" in proc.stderr
+    assert not (tmp_path / "app").exists()
+    ok = run_cli("scaffold", str(models["float"]), "-t", str(small), "-b", "android", "-o", str(tmp_path / "app"),
+                 "--allow-over-budget")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_mlperf_model_ids_and_their_input_conventions(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit.codegen.scaffold import scaffold
+
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "kws", mlperf_model="kws01")
+    runner = (tmp_path / "kws" / "src" / "runner.cc").read_text()
+    assert 'Line("m-model-[kws01]");' in runner and 'kMlperfModel[] = "kws01"' in runner
+    assert "- 128u" not in runner  # kws01: int8 as it is
+    manifest = json.loads((tmp_path / "kws" / "edgekit-project.json").read_text())
+    assert manifest["mlperf_model"] == "kws01"
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "ic", mlperf_model="ic01")
+    assert "g_db[i] - 128u" in (tmp_path / "ic" / "src" / "runner.cc").read_text()
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "plain")
+    plain = (tmp_path / "plain" / "src" / "runner.cc").read_text()
+    assert 'Line("m-model-[cnn_int8]");' in plain and 'kMlperfModel[] = "none"' in plain
+    # the digits CNN is no autoencoder (64 inputs, 10 outputs) and its float form takes no uint8 pixels
+    ad = run_cli("scaffold", str(models["int8"]), "-t", "cortex-m4", "-b", "cmake", "-o", str(tmp_path / "ad"),
+                 "--mlperf-model", "ad01")
+    assert ad.returncode == 2 and "64 input and 10 output values" in ad.stderr and not (tmp_path / "ad").exists()
+    ic = run_cli("scaffold", str(models["float"]), "-t", "cortex-m4", "-b", "cmake", "-o", str(tmp_path / "icf"),
+                 "--mlperf-model", "ic01")
+    assert ic.returncode == 2 and "this model's input is float32" in ic.stderr
+    bad = run_cli("scaffold", str(models["int8"]), "-t", "cortex-m4", "-b", "cmake", "-o", str(tmp_path / "x"),
+                  "--mlperf-model", "ic02")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_zephyr_project_files(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit.codegen.scaffold import scaffold
+
+    scaffold(models["int8"], "cortex-m4", "zephyr", tmp_path / "z")
+    z = tmp_path / "z"
+    assert (z / "app.overlay").is_file() and not (z / "boards" / "app.overlay").exists()  # the name Zephyr reads
+    assert "edgekit,uart = &" not in (z / "app.overlay").read_text().split("/*", 2)[1]  # console UART by default
+    conf = (z / "prj.conf").read_text()
+    assert "CONFIG_TENSORFLOW_LITE_MICRO_CMSIS_NN_KERNELS=y" in conf and "CONFIG_FPU=y" in conf
+    assert "NEWLIB" not in conf and "CONFIG_UART_INTERRUPT_DRIVEN=y" in conf and "CONFIG_UART_CONSOLE=n" in conf
+    assert "CONFIG_SEMIHOST=y" in (z / "boards" / "mps2_an385.conf").read_text()
+    assert "set(BOARD nrf52840dk/nrf52840)" in (z / "CMakeLists.txt").read_text()
+    board = (z / "src" / "board_zephyr.cc").read_text()
+    assert "DT_CHOSEN(zephyr_console)" in board and "k_cycle_get_32" in board and "sys_reboot" not in board
+    readme = (z / "README.md").read_text()
+    assert "west build" in readme and "qemu-system-arm" in readme and "edgekit bench" in readme
+    scaffold(models["int8"], "cortex-m0plus", "zephyr", tmp_path / "m0", zephyr_uart="uart1")
+    overlay = (tmp_path / "m0" / "app.overlay").read_text()
+    assert "edgekit,uart = &uart1;" in overlay and "&uart1 {" in overlay
+    conf = (tmp_path / "m0" / "prj.conf").read_text()
+    assert "CONFIG_FPU" not in conf and "CONFIG_UART_CONSOLE=n" not in conf
+    bad = run_cli("scaffold", str(models["int8"]), "-t", "cortex-m4", "-b", "zephyr", "-o", str(tmp_path / "b"),
+                  "--zephyr-uart", "uart0; evil")
+    assert bad.returncode == 2 and "devicetree node label" in bad.stderr
+
+
+def test_cmake_scaffold_readme_and_library_prerequisites(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit.codegen.scaffold import scaffold
+
+    scaffold(models["int8"], "cortex-m7", "cmake", tmp_path / "fw")
+    cml = (tmp_path / "fw" / "CMakeLists.txt").read_text()
+    for needle in ("numpy", "Pillow", "-j$(nproc)", "TARGET_ARCH=cortex-m7+fp", "/usr/bin/ for Debian",
+                   "string(MAKE_C_IDENTIFIER \"TFLM_LIB_${TFLM_ARCH}\""):
+        assert needle in cml, needle
+    readme = (tmp_path / "fw" / "README.md").read_text()
+    for needle in ("TARGET_ARCH=cortex-m7+fp", "-DBOARD=qemu", "qemu-system-arm -M mps2-an386",
+                   "edgekit bench", "arena_min"):
+        assert needle in readme, needle
+
+
+def test_manifest_names_a_user_profile_by_path(models: dict[str, Path], tmp_path: Path) -> None:
+    """`edgekit bench PROJECT` reads the target from the manifest: a profile given as a file must be found again."""
+    from edgekit.codegen.scaffold import scaffold
+    from edgekit.profiles import load_profile
+
+    board = DATA / "targets" / "valid_qemu_cortex_m3.toml"
+    scaffold(models["int8"], str(board), "cmake", tmp_path / "fw")
+    target = json.loads((tmp_path / "fw" / "edgekit-project.json").read_text())["target"]
+    assert target == str(board.resolve()) and load_profile(target).cpu == "cortex-m3"
+    scaffold(models["int8"], "cortex-m4", "cmake", tmp_path / "m4")
+    assert json.loads((tmp_path / "m4" / "edgekit-project.json").read_text())["target"] == "cortex-m4"

@@ -80,3 +80,26 @@ def test_fit_report_renders(models: dict[str, Path], tmp_path: Path, monkeypatch
     assert "WINNER" in dom and "<svg" in dom and "Candidates" in dom
     assert dom.count("<circle") == 4  # the candidates plot, inline: float32, int16x8, int8, int8-per-tensor
     assert "int8 layer 1:" in dom  # the per-layer error, worst first
+
+
+def test_bench_report_renders(models: dict[str, Path], tmp_path: Path) -> None:
+    import sys
+
+    from tests.conftest import run_cli
+
+    sim = subprocess.Popen([sys.executable, "-m", "edgekit", "device-sim", str(models["int8"]), "--stop-after",
+                            "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        port = sim.stdout.readline().strip()
+        proc = run_cli("bench", str(models["int8"]), "-t", "cortex-m4", "--port", port, "--runs", "5",
+                       "--warmup", "1", "-o", str(tmp_path / "bench"), timeout=120)
+    finally:
+        sim.kill()
+        sim.wait()
+    assert proc.returncode == 0, proc.stderr
+    page = tmp_path / "bench" / "report.html"
+    assert_self_contained(page)
+    dom = render(page, tmp_path, "report-bench")
+    assert_rendered(dom)
+    assert "Latency statistics" in dom and "median_us" in dom and "<svg" in dom and "model_hash" in dom

@@ -320,7 +320,9 @@ def test_planned_model_runs_on_the_target_in_the_smaller_arena(name: str, built:
     runs: dict[str, FirmwareRun] = {}
     for label, data in (("planned", planned), ("original", model)):
         (tmp_path / f"{label}.tflite").write_bytes(data)
-        scaffold(tmp_path / f"{label}.tflite", "cortex-m4", "cmake", tmp_path / label, name=name)
+        # the original keeps its bytes (scaffold would otherwise embed the same plan itself)
+        scaffold(tmp_path / f"{label}.tflite", "cortex-m4", "cmake", tmp_path / label, name=name,
+                 plan=label == "planned")
         runs[label] = run_firmware(build_firmware(tmp_path / label, tmp_path / f"build-{label}"), q)
         assert runs[label].allocated and runs[label].raw == host  # int8 CMSIS-NN kernels: equal bit for bit
     small = runs["planned"].arena_used
@@ -332,3 +334,61 @@ def test_planned_model_runs_on_the_target_in_the_smaller_arena(name: str, built:
     assert run.allocated and run.arena_reserved == tight and run.raw == host
     run = run_firmware(build_firmware(tmp_path / "original", tmp_path / "build-original", arena=tight), q)
     assert not run.allocated
+
+
+# ----------------------------------------------------------------- analyze, codegen and fit use the plan
+
+
+def _arena_constant(settings: Path) -> int:
+    m = re.search(r"kTensorArenaSize\s*=\s*(\d+)", settings.read_text())
+    assert m, settings.read_text()[:500]
+    return int(m.group(1))
+
+
+def test_analyze_and_codegen_use_the_plan(built: dict[str, bytes], tmp_path: Path) -> None:
+    from edgekit.analyzer import analyze
+    from edgekit.codegen.generate import codegen
+
+    model = tmp_path / "branches.tflite"
+    model.write_bytes(built["branches"])
+    report = analyze(model, "cortex-m4")
+    assert report.arena is not None
+    mp = report.arena["memory_plan"]
+    assert mp["embedded"] is False and mp["arena_bytes"] < mp["measured_head_bytes"] and mp["reordered"] is True
+    assert any(n.startswith("memory plan: non-persistent arena") for n in report.notes)
+    planned = codegen(model, "cortex-m4", tmp_path / "gen")
+    plain = codegen(model, "cortex-m4", tmp_path / "gen-plain", plan=False)
+    assert any(n.startswith("memory plan embedded:") for n in planned.notes), planned.notes
+    assert memplan.read_offsets((tmp_path / "gen" / "model.tflite").read_bytes()) is not None
+    assert (tmp_path / "gen-plain" / "model.tflite").read_bytes() == built["branches"]
+    assert planned.arena_bytes < plain.arena_bytes
+    assert _arena_constant(tmp_path / "gen" / "model_settings.h") == planned.arena_bytes
+    again = codegen(tmp_path / "gen" / "model.tflite", "cortex-m4", tmp_path / "gen-again")
+    assert again.notes == ["memory plan: the model carries one already (used as is)"]
+    assert (tmp_path / "gen-again" / "model.tflite").read_bytes() == (tmp_path / "gen" / "model.tflite").read_bytes()
+
+
+def test_fit_embeds_a_verified_plan_in_cortex_m_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit._tf import keras
+    from edgekit.fitting import fit
+
+    keras.utils.set_random_seed(0)  # two branches of different width: the converter's order is not the best
+    inp = keras.Input((16, 16, 4))
+    a = keras.layers.Conv2D(32, 1, activation="relu")(keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp))
+    b = keras.layers.Conv2D(32, 1, activation="relu")(keras.layers.Conv2D(64, 3, padding="same",
+                                                                            activation="relu")(inp))
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(keras.layers.Add()([a, b])))
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x))
+    model.save(tmp_path / "br.keras")
+    xs = np.random.default_rng(0).random((48, 16, 16, 4)).astype(np.float32)
+    np.savez(tmp_path / "ev.npz", x=xs, y=np.argmax(model.predict(xs, verbose=0), axis=1))
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    r = fit(tmp_path / "br.keras", "cortex-m4", eval_data=str(tmp_path / "ev.npz"), only=["int8"], max_drop=100,
+            out_dir=tmp_path / "out", quiet=True)
+    assert r.winner is not None and r.winner.memory_plan.startswith("non-persistent arena"), r.winner.memory_plan
+    data = (tmp_path / "out" / "model.tflite").read_bytes()
+    assert memplan.read_offsets(data) is not None and len(data) == r.winner.flash_bytes
+    from edgekit.evaluate import tflm_session
+
+    run = tflm_session([data], xs[:1])[0]
+    assert run.arena_bytes == r.winner.ram_bytes  # the figure fit reports is what TFLM allocates for the file

@@ -65,3 +65,11 @@ def test_sdist_carries_what_its_tests_need_and_they_pass_from_it(tmp_path: Path)
     assert run.returncode == 0, run.stdout[-3000:]
     assert " passed" in run.stdout
 
+
+
+def test_wheel_has_no_test_only_code() -> None:
+    """The emulated adb device and other doubles belong to the tests, not to what users install."""
+    for p in ROOT.joinpath("edgekit").rglob("*.py"):
+        text = p.read_text()
+        assert "adb_device" not in p.name, p
+        assert "import pytest" not in text, p

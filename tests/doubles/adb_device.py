@@ -1,4 +1,4 @@
-"""An emulated Android device for the real `adb` client and server: the device side of the adb
+"""Test double: an emulated Android device for the real `adb` client and server: the device side of the adb
 transport over TCP on 127.0.0.1 (CNXN, AUTH, OPEN, OKAY, WRTE, CLSE), with the legacy ``shell:``
 service and the ``sync:`` push service (STAT, SEND/DATA/DONE, QUIT).
 
