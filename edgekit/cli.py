@@ -50,20 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
     f.add_argument("model", help=".keras, .h5, SavedModel directory or .onnx (the float source model)")
     f.add_argument("--target", "-t", required=True, help="profile name or .toml path")
-    f.add_argument("--eval", required=True, dest="eval_data", help="evaluation data with labels (.npz x/y)")
+    f.add_argument("--eval", required=True, dest="eval_data",
+                   help="evaluation data (.npz x/y; without labels - .npy, .npz without y, an image folder - for "
+                        "--metric agreement / mse-to-float)")
     f.add_argument("--calib", help="calibration data (.npy, .npz, image folder); default: eval samples")
     f.add_argument("--max-drop", type=_non_negative, default=1.0,
-                   help="largest allowed metric drop (top1: percentage points; default 1.0)")
-    f.add_argument("--metric", default="top1", help="top1 (default), mse, mae, or module:function")
+                   help="largest allowed drop of the first metric (top1/top5/f1/auc/agreement: points; default 1.0)")
+    f.add_argument("--metric", default="top1",
+                   help="top1 (default), top5, f1 (macro), auc (binary or anomaly scores), mse, mae, agreement "
+                        "(top-1 agreement with the float model, no labels), mse-to-float, or module:function; "
+                        "several comma-separated (top1,f1): all reported, the first governs --max-drop")
     f.add_argument("--optimize", choices=["size", "latency", "ram"],
                    help="what the winner minimizes (default: latency for phones, size otherwise)")
     f.add_argument("--latency", choices=["model", "host"], default="model",
                    help="latency figure to rank by: model = deterministic per-runtime cost model (default, the "
                         "same artifact every run); host = LiteRT timed on this host (CPU phone targets only)")
-    f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
+    f.add_argument("--level", type=int, default=1,
+                   help="1 = post-training quantization ladder (default); 2 = adds mixed precision driven by the "
+                        "per-layer error and weights below 8 bits (INT4, LUT, palettization)")
     f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder): "
-                   "TFLM float32,int16x8,int8; LiteRT float32,float16,dynamic,int8; Core ML fp16,linear-int8,"
-                   "palettize-8bit,palettize-6bit,palettize-4bit,palettize-2bit,prune-50")
+                   "TFLM float32,int16x8,int8,int8-per-tensor (level 2: mixed-16x8,mixed-float,int4-keep-worst,"
+                   "int4,lut-4bit); "
+                   "LiteRT float32,float16,dynamic,int8 (level 2: mixed-float,int4-weights); Core ML fp16,"
+                   "linear-int8,palettize-8bit,palettize-6bit,palettize-4bit,palettize-2bit,prune-50 (level 2, "
+                   "iOS 18: palettize-4bit-grouped,palettize-3bit-grouped,linear-int4-block)")
     f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")

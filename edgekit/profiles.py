@@ -45,7 +45,7 @@ ARTIFACTS = (
     "tflite-int16x8",
     "mlpackage-fp16",
 )
-DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
+DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool", "int4")
 
 # section -> key -> (python types accepted, help text). Top-level keys live in "".
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
