@@ -25,10 +25,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"edgekit: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _VersionAction(argparse.Action):
+    """--version, read from the installed metadata only when asked (importlib.metadata costs ~0.1-0.2 s of
+    every command's start-up otherwise)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"edgekit {_version()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgekit", description="Take a trained model to phones and microcontrollers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--version", action="version", version=f"edgekit {_version()}")
+    p.add_argument("--version", action=_VersionAction, nargs=0, help="show edgekit's version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("targets", help="list target profiles or show one resolved")
@@ -46,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("-o", "--output", help="also write report.txt, report.json and a self-contained report.html "
+                   "(per-layer memory bars, tensors live at the peak, budgets) into this directory")
+    a.add_argument("--force", action="store_true", help="replace an output directory edgekit wrote before")
 
     f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
     f.add_argument("model", help=".keras, .h5, SavedModel directory or .onnx (the float source model)")
@@ -137,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--window-seconds", type=_seconds, default=10.0,
                     help="shortest window with --method window, in device seconds (default 10, as MLPerf Tiny)")
     be.add_argument("--input", help="input sample (.npy/.npz; default: a seeded random input)")
-    be.add_argument("-o", "--output", help="write bench.json and latency.svg here")
+    be.add_argument("-o", "--output",
+                    help="write bench.json, latency.svg and report.html here (--adb: bench.json, report.txt)")
     be.add_argument("--force", action="store_true", help="replace an existing output directory")
     be.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -279,15 +293,26 @@ def _prestart_tflm(args: argparse.Namespace) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        from edgekit.codegen.render import check_output
+
+        check_output(args.output, args.force, inputs=[args.model, args.calib])
     _prestart_tflm(args)
     from edgekit.analyzer import analyze
+    from edgekit.report.text import render_analysis
 
     report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
+    if args.output is not None:
+        from edgekit.codegen.render import write_tree
+        from edgekit.report.html import analysis_html
+
+        write_tree(args.output, {"report.txt": render_analysis(report) + "\n",
+                                 "report.json": json.dumps(report.to_dict(), indent=2) + "\n",
+                                 "report.html": analysis_html(report)},
+                   args.force, inputs=[args.model, args.calib], command="analyze")
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        from edgekit.report.text import render_analysis
-
         print(render_analysis(report))
     return EXIT_OK if report.fits else EXIT_OVER
 
@@ -389,12 +414,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not target:
         raise DataError("--target is required unless MODEL is a scaffolded project directory")
     profile = load_profile(target)
-    if args.adb:
-        return _bench_adb(args, profile)
-    if args.output:
+    if args.output is not None:
         from edgekit.codegen.render import check_output
 
-        check_output(Path(args.output), args.force)
+        check_output(args.output, args.force, inputs=[args.model, args.input])
+    if args.adb:
+        return _bench_adb(args, profile)
     transport: Any
     if args.qemu:
         from edgekit.transports.qemu import QemuTransport
@@ -409,7 +434,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = bench(args.model, profile, transport, runs=args.runs, warmup=args.warmup, input_path=args.input,
                    time_kind=kind, method=args.method, windows=args.windows, window_seconds=args.window_seconds,
                    progress=_bench_progress() if not args.json else None)
-    if args.output:
+    if args.output is not None:
         write_report(result, Path(args.output), args.force)
     print(json.dumps(result.to_dict(), indent=2) if args.json else render_text(result))
     if mismatch(result):
@@ -447,6 +472,12 @@ def _bench_adb(args: argparse.Namespace, profile: Any) -> int:
         raise DataError("--adb needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
     r = bench_adb(args.model, profile, args.benchmark_binary, serial=args.serial, runs=args.runs,
                   warmup=args.warmup, big_cores=args.big_cores)
+    if args.output is not None:
+        from edgekit.codegen.render import write_tree
+
+        write_tree(args.output, {"bench.json": json.dumps(r.to_dict(), indent=2) + "\n",
+                                 "report.txt": render_text(r) + "\n"},
+                   args.force, inputs=[args.model], command="bench")
     print(json.dumps(r.to_dict(), indent=2) if args.json else render_text(r))
     return EXIT_OVER if r.within_budget is False else EXIT_OK
 

@@ -120,6 +120,7 @@ def test_bad_output_paths_are_refused_before_any_work(faults: FaultRunner, model
     }[case]
     before = snapshot(tmp_path)
     for command in (["codegen", str(models["int8"]), "-t", "cortex-m4"],
+                    ["analyze", str(models["int8"]), "-t", "cortex-m4"],
                     ["fit", str(models["keras"]), "-t", "cortex-m4", "--eval", str(models["calib"])]):
         faults.error(*command, "-o", out, *(["--force"] if force else []), needle=needle, cwd=cwd, max_seconds=20)
         assert_untouched(tmp_path, before)

@@ -70,9 +70,12 @@ def _bench(models: dict[str, Path], env: dict[str, str], binary: Path, *extra: s
 def test_bench_over_adb(models: dict[str, Path], adb_env: dict[str, str], tmp_path: Path) -> None:
     dev = _device(tmp_path)
     _connect(adb_env, dev.serial)
-    proc = _bench(models, adb_env, _stand_in(tmp_path, "older_xnnpack.txt"), "--json", "--big-cores")
+    proc = _bench(models, adb_env, _stand_in(tmp_path, "older_xnnpack.txt"), "--json", "--big-cores",
+                  "-o", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
+    assert json.loads((tmp_path / "report" / "bench.json").read_text()) == r  # -o keeps what was printed
+    assert "105.2" in (tmp_path / "report" / "report.txt").read_text()
     assert r["device"] == {"serial": dev.serial, "model": "EdgekitSim", "soc": "sim-soc", "android": "14"}
     assert "--use_xnnpack=true" in r["command"] and "--num_threads=4" in r["command"]
     assert r["command"].startswith("taskset ") or any("not pinned" in n for n in r["notes"])

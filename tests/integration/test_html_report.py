@@ -53,12 +53,18 @@ def assert_rendered(dom: str) -> None:
 
 
 def test_analyze_report_renders(models: dict[str, Path], tmp_path: Path) -> None:
-    from edgekit.analyzer import analyze
-    from edgekit.report.html import analysis_html
+    import json
 
+    from edgekit.analyzer import analyze
+    from tests.conftest import run_cli
+
+    out = tmp_path / "analyze"
+    proc = run_cli("analyze", str(models["int8"]), "-t", "cortex-m4", "-o", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "report.json").read_text())["fits"] is True
+    assert (out / "report.txt").read_text().strip() in proc.stdout
     report = analyze(models["int8"], "cortex-m4")
-    page = tmp_path / "analyze.html"
-    page.write_text(analysis_html(report))
+    page = out / "report.html"
     assert_self_contained(page)
     dom = render(page, tmp_path, "report-analyze")
     assert_rendered(dom)
