@@ -41,6 +41,7 @@ class SerialTransport(Transport):
         self.url, self.baud = url, baud
         self.name = url
         self.port: Any = None
+        self._fileno: int | bool | None = False  # False: not looked up yet
 
     def open(self) -> None:
         import serial
@@ -52,6 +53,7 @@ class SerialTransport(Transport):
             raise TransportError(f"could not open {self.url}: {why}",
                                  "pass the board's port, e.g. /dev/ttyACM0 or /dev/ttyUSB0 (ls /dev/tty*)")
         try:
+            self._fileno = False
             self.port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0, write_timeout=0,
                                               exclusive=True if "://" not in self.url else None)
         except (serial.SerialException, OSError, ValueError) as exc:
@@ -78,25 +80,48 @@ class SerialTransport(Transport):
 
     def read(self, n: int, timeout: float) -> bytes:
         """Block (no polling) until at least one byte arrives or ``timeout`` passes; then take what else is
-        already waiting, up to ``n`` bytes."""
+        already waiting, up to ``n`` bytes.
+
+        The wait is a ``select`` on the port's descriptor: changing pyserial's ``timeout`` instead would
+        reconfigure the terminal (tcsetattr) twice per read. Ports without a descriptor (``socket://`` and
+        other URL handlers) use pyserial's blocking read with the remaining time."""
+        import select
+
         import serial
 
         deadline = time.monotonic() + timeout
+        fd = self._fd()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransportTimeout(f"no data from {self.url} within {timeout:.1f} s",
                                        "is the firmware running and the baud rate right?")
             try:
+                if fd is not None:
+                    ready, _, _ = select.select([fd], [], [], left)
+                    if not ready:
+                        continue  # the loop checks the deadline
+                    data = self.port.read(n)  # timeout=0: what is there, at least one byte
+                    if not data:  # readable but nothing: the other side hung up
+                        raise serial.SerialException("device reports readiness to read but returned no data")
+                    return bytes(data)
                 self.port.timeout = left
                 first = self.port.read(1)
                 if not first:
                     continue  # the port's own timeout ended the wait: the loop checks the deadline
                 self.port.timeout = 0
                 more = self.port.read(n - 1) if n > 1 else b""
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, ValueError) as exc:
                 raise TransportClosed(f"{self.url} closed: {exc}", "the device was unplugged or reset") from None
             return bytes(first) + bytes(more)
+
+    def _fd(self) -> int | None:
+        if self._fileno is False:
+            try:
+                self._fileno = int(self.port.fileno())
+            except Exception:  # URL handlers without a descriptor (io.UnsupportedOperation, AttributeError, ...)
+                self._fileno = None
+        return self._fileno
 
     def write(self, data: bytes, timeout: float) -> None:
         import serial
