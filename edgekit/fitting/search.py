@@ -144,6 +144,9 @@ def fit(
     if train is not None and level < 2:
         raise DataError(f"--train is used by level 2's clustered candidates, not by --level {level}",
                         "add --level 2, or leave out --train")
+    if train is not None and not Path(train).exists():  # before the model is loaded (seconds)
+        raise DataError(f"--train: data file {train} does not exist",
+                        "pass a .npy, .npz (keys x, y) or an image folder")
     if only:
         known = [r.name for r in rungs]
         unknown = [n for n in only if n not in known]

@@ -125,7 +125,7 @@ def kernels(model: Any, min_elements: int = MIN_ELEMENTS) -> list[tuple[str, Any
             for sub in subs:
                 walk(sub)
             return
-        for w in getattr(layer, "trainable_weights", []):
+        for w in getattr(layer, "weights", []):
             if w.path.split("/")[-1] in KERNEL_NAMES and int(np.prod(w.shape)) >= min_elements:
                 found.append((layer.name, w))
 
