@@ -220,6 +220,11 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         calib_label = f"first {n} samples of the eval data (no --calib given)"
         notes.append("calibrated on eval samples: pass --calib with separate data for an unbiased figure")
     train = _load_train(train_path, shape, out_shape, met, rungs, notes)
+    if train is not None:
+        shared = _shared_rows(train.x, ev.x)
+        if shared:
+            notes.append(f"{shared} of the {len(ev)} eval samples are also in --train: the fine-tuned candidates' "
+                         "accuracy is optimistic (evaluate on data the fine-tune did not see)")
     if art.keras_model is not None:
         float_out = keras_outputs(art.keras_model, ev.x)
         baseline_on = "the source Keras model (float32, TensorFlow)"
@@ -344,6 +349,12 @@ def _load_train(path: str | None, shape: tuple[int, ...], out_shape: tuple[int, 
         notes.append(f"clustered candidates fine-tuned on {train.source} ({len(train)} samples) with the float "
                      f"model's own outputs as targets ({why})")
     return train
+
+
+def _shared_rows(a: np.ndarray, b: np.ndarray) -> int:
+    """How many samples of ``b`` occur (byte for byte) in ``a``."""
+    seen = {hashlib.sha256(row.tobytes()).digest() for row in np.ascontiguousarray(a)}
+    return sum(hashlib.sha256(row.tobytes()).digest() in seen for row in np.ascontiguousarray(b))
 
 
 def _cluster_key(train: data_mod.Dataset | None) -> dict[str, Any]:

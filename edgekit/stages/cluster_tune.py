@@ -35,7 +35,7 @@ from edgekit.stages.cluster import Clustered
 TUNE_EPOCHS = options.Option("tune_epochs", 10, "most epochs of the clustered model's fine-tune (--train)")
 TUNE_PATIENCE = options.Option("tune_patience", 2, "epochs without a better held-out loss before the fine-tune "
                                                    "stops")
-TUNE_LR = options.Option("tune_lr", 1e-3, "Adam learning rate of the clustered model's fine-tune")
+TUNE_LR = options.Option("tune_lr", 3e-4, "Adam learning rate of the clustered model's fine-tune")
 TUNE_BATCH = options.Option("tune_batch", 32, "batch size of the clustered model's fine-tune")
 TUNE_HOLDOUT = options.Option("tune_holdout", 0.1, "fraction of the --train samples held out for early stopping")
 MIN_TRAIN_SAMPLES = TRAIN_MIN_SAMPLES
@@ -53,13 +53,15 @@ class TuneReport:
     loss_after: float
     seconds: float
     device: str
+    clustered: int = 1  # clustered kernels whose centroids moved (0: a plain fine-tune, e.g. a control run)
 
     def describe(self) -> str:
         what = {"labels-ce": "cross-entropy on the labels", "labels-mse": "squared error to the targets",
                 "soft-ce": "cross-entropy against the float model's outputs (soft targets)",
                 "soft-mse": "squared error to the float model's outputs (soft targets)"}[self.loss]
         kept = (f"best epoch {self.best_epoch}" if self.best_epoch else "no epoch beat the untuned model: kept it")
-        return (f"fine-tuned centroids (assignments fixed) on {self.samples} samples, {what}; {self.epochs} "
+        how = "fine-tuned centroids (assignments fixed)" if self.clustered else "fine-tuned (no clustered kernel)"
+        return (f"{how} on {self.samples} samples, {what}; {self.epochs} "
                 f"epoch(s), {kept}; held-out loss ({self.held_out} samples) {self.loss_before:.4g} -> "
                 f"{self.loss_after:.4g}; {self.seconds:.1f} s on {self.device}")
 
@@ -188,4 +190,4 @@ def fine_tune(model: Any, clusters: list[Clustered], x: np.ndarray, targets: np.
         c.centroids = var.numpy().astype(np.float32)
     device = ", ".join(sorted({d.device_type for d in tf.config.list_logical_devices()})) or "CPU"
     return TuneReport(loss, len(tr), len(ho), epochs, best_epoch, before, best, time.perf_counter() - t0,
-                      f"TensorFlow ({device})")
+                      f"TensorFlow ({device})", len(clusters))

@@ -106,3 +106,11 @@ def test_cluster_rungs_cache_key_changes_with_the_training_data_and_settings(mon
     assert a != _cluster_key(data.Dataset(changed, np.arange(12), "a"))
     monkeypatch.setenv("EDGEKIT_TUNE_EPOCHS", "3")
     assert a != _cluster_key(data.Dataset(x, np.arange(12), "a"))
+
+
+def test_eval_samples_that_are_also_training_samples_are_counted() -> None:
+    from edgekit.fitting.search import _shared_rows
+
+    x = np.random.default_rng(4).random((30, 8, 8, 1), dtype=np.float32)
+    assert _shared_rows(x[:20], x[20:]) == 0
+    assert _shared_rows(x[:20], x[15:]) == 5
