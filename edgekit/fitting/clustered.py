@@ -36,12 +36,38 @@ class Variant:
     tune: Any = None  # stages.cluster_tune.TuneReport with --train
     calibration: Any = None
 
+    conversion: str = ""  # how the clustered model was converted (said in the candidate's detail)
+
     def calibrated(self, job: Job) -> Any:
+        """The clustered model's calibration. Not fine-tuned: the search's shared calibrated graph with the
+        clustered kernels swapped in, recalibrated by the converter's calibrator (the converter's graph for the
+        clustered model, without a second conversion); fine-tuned (every weight moved): a conversion of its own."""
         if self.calibration is None:
+            from edgekit.stages import cluster
             from edgekit.stages.calibrated import Calibration
 
-            self.calibration = Calibration(self.art, job.cal)
+            swapped = None
+            if self.tune is None and job.art.keras_model is not None:
+                swapped = cluster.swap_into_tflite(job.calibrated().model, self.records)
+            if swapped is not None:
+                self.calibration = Calibration.recalibrated(self.art, job.cal, swapped)
+                self.conversion = "clustered kernels swapped into the shared calibrated graph, recalibrated"
+            else:
+                self.calibration = Calibration(self.art, job.cal)
+                self.conversion = "converted and calibrated on its own"
         return self.calibration
+
+    def float_tflite(self, job: Job) -> bytes:
+        """The clustered model's float32 .tflite (swapped into the source's when not fine-tuned)."""
+        from edgekit.stages import cluster, quantize
+
+        if self.tune is None and job.art.keras_model is not None:
+            swapped = cluster.swap_into_tflite(quantize.convert(job.art, "float32"), self.records)
+            if swapped is not None:
+                self.conversion = "clustered kernels swapped into the float32 .tflite"
+                return swapped
+        self.conversion = "converted on its own"
+        return quantize.convert(self.art, "float32")
 
     def describe(self) -> str:
         layers = ", ".join(f"{r.layer} ({len(r.centroids)} values, weight error {100 * r.rel_error:.1f}%)"
@@ -109,17 +135,17 @@ def build(job: Job, rung: Rung, cand: Candidate) -> Path:
     v = variant(job, int(rung.value))
     cand.detail = v.describe()
     if rung.mode == "aeq":
-        from edgekit.stages import litert_int4, quantize
+        from edgekit.stages import litert_int4
 
-        base = quantize.convert(v.art, "float32")
-        tfl = litert_int4.quantize(base, "dynamic_wi4c_afp32")
-        cand.detail += "; ai-edge-quantizer recipe dynamic_wi4c_afp32"
+        tfl = litert_int4.quantize(v.float_tflite(job), "dynamic_wi4c_afp32")
+        cand.detail += f"; {v.conversion}; ai-edge-quantizer recipe dynamic_wi4c_afp32"
         cand.saved["int4 weights (dynamic_wi4c_afp32) vs the float32 .tflite"] = _float_bytes(job) - len(tfl)
         return finish_tflite(job, rung, cand, tfl)
     # LUT: per-tensor int8, so a kernel clustered per layer keeps its k values in every channel and TFLM's
     # decoder needs one k-entry table per tensor (per-channel scales would need one table per channel)
     per_channel = rung.mode != "lut"
     base = bytes(v.calibrated(job).int8(job.profile.io_dtype, per_channel=per_channel))
+    cand.detail += f"; {v.conversion}"
     cand.saved[f"quantization (int8{'' if per_channel else ' per-tensor'}) vs the float32 .tflite"] = (
         _float_bytes(job) - len(base))
     if rung.mode == "int4":

@@ -42,6 +42,7 @@ class Clustered:
     centroids: np.ndarray  # (k',) float32, k' <= k
     indices: np.ndarray  # kernel-shaped int32 indices into centroids
     rel_error: float  # RMS error of the clustered weights relative to the RMS of the originals
+    original: np.ndarray  # the source kernel's values (float32, Keras layout)
 
     def weights(self) -> np.ndarray:
         return self.centroids[self.indices].astype(np.float32)
@@ -157,7 +158,7 @@ def cluster_model(model: Any, k: int, min_elements: int = MIN_ELEMENTS) -> tuple
     for name, var in kernels(clone, min_elements):
         w = np.asarray(var.numpy(), dtype=np.float32)
         centers, idx = kmeans_1d(w, k)
-        c = Clustered(name, var, centers, idx, 0.0)
+        c = Clustered(name, var, centers, idx, 0.0, w.copy())
         new = c.weights()
         c.rel_error = float(np.sqrt(np.mean((new - w) ** 2)) / max(float(np.sqrt(np.mean(w.astype(np.float64) ** 2))),
                                                                     1e-30))
@@ -166,3 +167,33 @@ def cluster_model(model: Any, k: int, min_elements: int = MIN_ELEMENTS) -> tuple
     if not done:
         raise StageError(f"no Conv or Dense kernel with at least {min_elements} weights to cluster")
     return clone, done
+
+
+def swap_into_tflite(data: bytes, records: list[Clustered]) -> bytes | None:
+    """``data`` (a float .tflite converted from the source model) with each clustered kernel's values in place
+    of the original ones, or None when a kernel is not found exactly once.
+
+    A converted kernel is found by its values (the multiset of the source kernel's float32 weights; the
+    converter only transposes it), and each of its weights is replaced by the centroid nearest to it, which
+    is the one k-means assigned (only for clusters not moved by a fine-tune). The result is the graph the
+    converter writes for the clustered model, constant for constant, without converting again (seconds per k
+    on a small model); the caller recalibrates it."""
+    from edgekit.stages import flatbuf
+
+    model = flatbuf.load(data)
+    tensors = [t for sg in model.subgraphs or [] for t in sg.tensors or [] if t.type == flatbuf.TT.FLOAT32]
+    arrays = {id(t): flatbuf.tensor_array(model, t) for t in tensors}
+    for rec in records:
+        want = np.sort(rec.original.reshape(-1))
+        hits = [t for t in tensors if (a := arrays[id(t)]) is not None and a.size == want.size
+                and np.array_equal(np.sort(a.reshape(-1)), want)]
+        if len({t.buffer for t in hits}) != 1:
+            return None
+        a = arrays[id(hits[0])]
+        assert a is not None
+        mids = (rec.centroids[1:].astype(np.float64) + rec.centroids[:-1]) / 2
+        new = rec.centroids[np.searchsorted(mids, a.astype(np.float64))].astype(np.float32)
+        if not np.array_equal(np.sort(new.reshape(-1)), np.sort(rec.weights().reshape(-1))):
+            return None  # the assignment is not the nearest centroid (moved by a fine-tune)
+        flatbuf.set_buffer(model, hits[0], new.tobytes())
+    return flatbuf.pack(model)

@@ -31,9 +31,23 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEKIT_TUNE_EPOCHS", "2")
 
 
+def _tensors(tfl: bytes) -> list[tuple[object, ...]]:
+    """Every tensor's type, shape, constant data and quantization, in order (names left out)."""
+    from edgekit.stages import flatbuf
+
+    fb = flatbuf.load(tfl)
+    out: list[tuple[object, ...]] = []
+    for t in fb.subgraphs[0].tensors:
+        a = flatbuf.tensor_array(fb, t)
+        q = t.quantization
+        out.append((t.type, tuple(t.shape), None if a is None else a.tobytes(),
+                    None if q is None or q.scale is None else (tuple(q.scale), tuple(q.zeroPoint))))
+    return out
+
+
 def test_clustered_kernels_keep_at_most_k_values_through_int8_conversion(digits: dict[str, Path]) -> None:
     from edgekit import data, intake
-    from edgekit.stages import cluster, flatbuf
+    from edgekit.stages import cluster, flatbuf, quantize
     from edgekit.stages.calibrated import Calibration
 
     art = intake.load(digits["keras"])
@@ -48,7 +62,19 @@ def test_clustered_kernels_keep_at_most_k_values_through_int8_conversion(digits:
     assert all(np.array_equal(a, b) for a, b in zip(before, art.keras_model.get_weights(), strict=True))
     # per-tensor int8 of the k=64 model: every clustered filter still holds at most 64 values (one LUT table)
     clustered = intake.Artifact(source=art.source, fmt="keras", keras_model=model)
-    int8 = Calibration(clustered, data.load(digits["calib"], (1, 8, 8, 1))).int8("int8", per_channel=False)
+    calib = data.load(digits["calib"], (1, 8, 8, 1))
+    full = Calibration(clustered, calib)
+    int8 = full.int8("int8", per_channel=False)
+    # the shortcut the search takes (kernels swapped into the source's calibrated graph, recalibrated) is the
+    # converter's own graph for the clustered model, constant for constant and scale for scale
+    swapped = cluster.swap_into_tflite(Calibration(art, calib).model, records)
+    assert swapped is not None
+    fast = Calibration.recalibrated(clustered, calib, swapped)
+    for a, b in ((fast.int8("int8", per_channel=False), int8), (fast.int8("int8"), full.int8("int8")),
+                 (cluster.swap_into_tflite(quantize.convert(art, "float32"), records),
+                  quantize.convert(clustered, "float32"))):
+        assert a is not None
+        assert _tensors(a) == _tensors(b)
     fb = flatbuf.load(int8)
     counts = []
     for _, op, name in flatbuf.weighted_ops(fb):
