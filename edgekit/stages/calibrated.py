@@ -50,6 +50,27 @@ class Calibration:
             raise _fail("calibration", art, exc) from None
         self._cache: dict[tuple[Any, ...], bytes] = {}
 
+    @classmethod
+    def recalibrated(cls, art: Artifact, calib: Dataset, float_model: bytes) -> Calibration:
+        """The calibration of ``float_model``, a float graph of the converter's (e.g. another Calibration's
+        model with some constants replaced), recorded by the converter's own calibrator on ``calib``: what
+        converting ``art`` would give, without tracing and converting it again."""
+        from tensorflow.lite.python.optimize import calibrator
+
+        from edgekit._tf import quiet_native
+        from edgekit.stages import quantize
+
+        self = cls.__new__(cls)
+        self.art, self.calib = art, calib
+        try:
+            with quiet_native((1, 2)):
+                cal = calibrator.Calibrator(float_model)
+                self.model = bytes(cal.calibrate(lambda: quantize._representative(calib)))
+        except Exception as exc:
+            raise _fail("calibration", art, exc) from None
+        self._cache = {}
+        return self
+
     def int8(self, io_dtype: str = "int8", per_channel: bool = True, float_nodes: Iterable[str] = ()) -> bytes:
         """Full-integer int8 (model I/O as ``io_dtype``), per-channel or per-tensor weights; the operators
         whose output tensor is named in ``float_nodes`` stay float (QUANTIZE/DEQUANTIZE around them)."""

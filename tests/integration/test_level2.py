@@ -51,7 +51,7 @@ def test_cortex_m4_level2_int4_winner_is_bit_exact_and_well_under_int8(digits: d
     assert report["level"] == 2
     assert {"float32", "int16x8", "int8", "int8-per-tensor", "mixed-16x8", "mixed-float", "int4", "lut-4bit"} <= set(by)
     winner = by[report["winner"]]
-    assert winner["stage"] == "int4" and winner["drop"] <= 1.0
+    assert winner["stage"] in ("int4", "cluster") and "INT4 filters" in winner["detail"] and winner["drop"] <= 1.0
     assert winner["flash_bytes"] <= 0.6 * by["int8"]["flash_bytes"]
     assert any("bit-exact with its int8 twin" in v for v in winner["verified"]), winner["verified"]
     assert any(k.startswith("INT4 packing") and v > 0 for k, v in winner["saved"].items())
@@ -167,8 +167,11 @@ TFLM_ROOT = os.environ.get("TFLM_ROOT", "")
 
 
 @pytest.mark.tflm_tree
-def test_int4_model_runs_bit_exact_on_the_qemu_firmware(digits: dict[str, Path], tmp_path: Path) -> None:
-    """The INT4 artifact on TFLM + CMSIS-NN (its s4 kernels) under QEMU equals the host interpreter's output."""
+@pytest.mark.parametrize("clustered", [False, True], ids=["int4", "cluster16-int4"])
+def test_int4_model_runs_bit_exact_on_the_qemu_firmware(digits: dict[str, Path], tmp_path: Path,
+                                                        clustered: bool) -> None:
+    """The INT4 artifact on TFLM + CMSIS-NN (its s4 kernels) under QEMU equals the host interpreter's output; also
+    built from the float kernels clustered to 16 values per layer (the cluster16-int4 rung)."""
     from tests.integration.test_qemu_firmware import Serial, _requirements
 
     reason = _requirements()
@@ -183,6 +186,10 @@ def test_int4_model_runs_bit_exact_on_the_qemu_firmware(digits: dict[str, Path],
     from edgekit.stages.calibrated import Calibration
 
     art = intake.load(digits["keras"])
+    if clustered:
+        from edgekit.stages import cluster
+
+        art = intake.Artifact(source=art.source, fmt="keras", keras_model=cluster.cluster_model(art.keras_model, 16)[0])
     calib = data.load(digits["calib"], (1, 8, 8, 1))
     packed, _, _ = int4.rewrite(Calibration(art, calib).int8("int8"))
     model = strip.strip_for_micro(packed, bias_quantization=False)
