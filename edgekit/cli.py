@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--calib", help="calibration data (.npy, .npz with x/y, or an image folder)")
     a.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    _measure_args(a)
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--calib", help="calibration data for a float model")
     k.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    _measure_args(k)
     k.add_argument("--json", action="store_true", help="print one JSON object")
 
     cf = sub.add_parser("config", help="every EDGEKIT_* setting: its value, where it came from, what it does")
@@ -167,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace existing output directories")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    """analyze's and check's options that replace estimates with measurements (TFLM targets)."""
+    p.add_argument("--measure", choices=["qemu"],
+                   help="qemu: build the firmware for the target's core against $TFLM_ROOT and run it under "
+                        "qemu-system-arm -icount shift=0: the arena that really allocates, time per operator and "
+                        "the firmware's exact flash replace the host figures (builds cached by model and target)")
+    p.add_argument("--firmware", metavar="ELF",
+                   help="a linked firmware of this model: its .text+.data replaces the estimated model + runtime "
+                        "code in the flash budget")
+    p.add_argument("--no-cache", action="store_true", help="with --measure: build and measure afresh")
 
 
 def _non_negative(text: str) -> float:
@@ -227,7 +241,8 @@ def _cmd_targets(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from edgekit.analyzer import analyze
 
-    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
+                     measure=args.measure, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -408,22 +423,31 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from edgekit.analyzer import analyze
 
-    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
+                     measure=args.measure, use_cache=not args.no_cache)
     if args.json:
         d = report.to_dict()
         d.pop("layers", None)
         print(json.dumps(d, indent=2))
     else:
-        over = [f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
+        over = [f"{b.name} {b.used:,} > {b.limit:,} by {-b.margin:,}"
+                f"{' (' + '; '.join(x for x in (b.parts_text, b.note) if x) + ')' if b.parts_text or b.note else ''}"
+                if b.unit == "bytes" and b.name == "flash" else
+                f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
                 for b in report.budgets if not b.fits]
         status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
-        if report.arena_measured is not None:
+        if report.measurement is not None:
+            ram = f"ram {report.ram_bytes:,} B arena measured on QEMU {report.measurement.machine}"
+        elif report.arena_measured is not None:
             ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
         elif report.ram_kind == "not measured":
             ram = "ram not measured"
         else:
             ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
-        print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, {ram})")
+        flash_line = next((b for b in report.budgets if b.name == "flash"), None)
+        flash = (f"flash {flash_line.used:,} B = {flash_line.parts_text}" if flash_line is not None and
+                 flash_line.parts_text else f"flash {report.flash_bytes:,} B")
+        print(f"edgekit check {report.target}: {status} ({flash}, {ram})")
     return EXIT_OK if report.fits else EXIT_OVER
 
 
