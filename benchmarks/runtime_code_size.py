@@ -72,7 +72,7 @@ def own_models(tmp: Path) -> dict[str, Path]:
 def build_flash(model: Path, core: str, kernels: str, tflm: Path, tmp: Path) -> int:
     from edgekit.codegen.scaffold import scaffold
 
-    board = tmp / f"{core}.toml"
+    board = tmp / f"board-{core}.toml"  # not named like the profile it inherits
     board.write_text(f'schema_version = 1\ninherit = "{core}"\n[memory]\nboot_header_size = 0\n')
     scaffold(model, str(board), "cmake", tmp / "fw", name="m", allow_over_budget=True, plan=False, force=True)
     arch = runtime_size.TFLM_ARCH[core]
