@@ -60,10 +60,10 @@ def clean_stale(root: Path) -> list[Path]:
     except OSError:
         return removed
     for d in candidates:
-        owner = d / OWNER
-        if d.is_symlink() or not d.is_dir() or not owner.is_file():
-            continue  # not ours: never delete what edgekit did not write
-        try:
+        try:  # another user's run directory is unreadable to us: not ours to judge, skip it
+            owner = d / OWNER
+            if d.is_symlink() or not d.is_dir() or not owner.is_file():
+                continue  # not ours: never delete what edgekit did not write
             pid_text, _, started = owner.read_text().strip().partition(" ")
             pid = int(pid_text)
         except (OSError, ValueError):

@@ -47,6 +47,7 @@ class AnalysisReport:
     runtime_code: RuntimeCode | None = None  # TFLM targets: TFLM's code for the model's operators (estimate)
     firmware: ElfSizes | None = None  # a built firmware whose .text+.data replaced the flash estimate
     measurement: Any = None  # edgekit.measure.qemu.QemuMeasurement with --measure qemu
+    delegation: dict[str, Any] | None = None  # LiteRT GPU/NNAPI targets: which operators the delegate takes
 
     @property
     def fits(self) -> bool:
@@ -85,6 +86,7 @@ class AnalysisReport:
                  "macs": la.macs, "weight_bytes": la.weight_bytes}
                 for la in g.layers
             ],
+            "delegation": self.delegation,
             "notes": self.notes,
         }
 
@@ -106,7 +108,7 @@ def _deployable(art: intake.Artifact, profile: TargetProfile, calib_path: str | 
         calib = data_mod.synthetic(shape)
         label = f"SYNTHETIC: {calib.source}, {len(calib)} samples - pass --calib for real figures"
         notes.append("calibration used synthetic data: quantization scales (and so accuracy) are "
-                     "not representative; sizes and arena are")
+                     "not representative; sizes and the arena still are")
     return quantize.convert(art, mode, calib, profile.io_dtype), label
 
 
@@ -300,6 +302,14 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         ram, ram_kind = graph.peak_activation_bytes(), "peak-activation"
         ram_budget = Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind)
         notes.append("RAM is the peak activation memory (sum of live tensors, execution order)")
+        if graph.dequantized_weight_bytes:
+            notes.append(f"weights apart: {graph.dequantized_weight_bytes:,} B of weights are dequantized to float "
+                         "when the interpreter prepares (held like weights, not counted as activations)")
+    coverage = compat.delegate_coverage(graph, profile)
+    if coverage is not None:
+        severity = "" if not coverage.on_cpu else (
+            "DOES NOT FIT (require_full_delegation): " if profile.require_full_delegation else "WARNING: ")
+        notes.append(severity + coverage.summary())
     blockers = tflm.blockers if tflm is not None else []
     arena = tflm.arena.to_dict() if tflm is not None and tflm.arena is not None else None
     if arena is not None and tflm is not None and tflm.arena is not None:
@@ -325,6 +335,7 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         unsupported_ops=unsupported, findings=findings, calibration=calib_label,
         arena=arena, notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None,
         blockers=blockers, runtime_code=code, firmware=fw,
+        delegation=coverage.to_dict() if coverage is not None else None,
     )
 
 
@@ -352,18 +363,37 @@ def _memory_plan(tfl: bytes, graph: Graph, head: int, notes: list[str]) -> dict[
 
 
 def _analyze_mlpackage(pkg: Path, profile: TargetProfile) -> AnalysisReport:
-    """A compiled-for-deployment .mlpackage: only its size can be checked without Core ML."""
+    """A compiled-for-deployment .mlpackage: its size, and its RAM estimated from the Core ML program's
+    activation shapes (needs coremltools, the `convert` extra; without it RAM is reported as not checked)."""
+    from edgekit._extras import MissingExtra
+    from edgekit.analysis.mlprogram import program_memory
     from edgekit.stages import coreml
 
     if profile.runtime != "coreml":
         raise EdgekitError(f"{pkg.name} is a Core ML package; target {profile.name} runs {profile.runtime}")
     flash = coreml.package_bytes(pkg)
     graph = Graph(size_bytes=flash, tensors=[], layers=[], inputs=[], outputs=[], subgraphs=1)
+    budgets = [Budget("flash", profile.flash_bytes, flash, "bytes", "mlpackage")]
+    notes = ["checked: the package's size (flash) and, below, RAM; not checked: operators (Core ML decides "
+             "per device which compute unit runs each), latency (measure it in Xcode)"]
+    try:
+        mem = program_memory(pkg)
+    except MissingExtra as exc:
+        ram, ram_kind = 0, "not checked"
+        notes.append(f"RAM not checked: {exc.message}")
+    except Exception as exc:  # a package coremltools cannot read: say so, keep the size verdict
+        ram, ram_kind = 0, "not checked"
+        notes.append(f"RAM not checked: the Core ML program could not be read ({type(exc).__name__}: {exc})"[:300])
+    else:
+        ram, ram_kind = mem.peak_activation_bytes, "estimate: peak live activations of the Core ML program"
+        budgets.append(Budget("ram", profile.ram_bytes, ram, "bytes", ram_kind))
+        notes.append(f"RAM estimated from the program's {mem.operations} operations and their declared shapes "
+                     f"and types ({mem.weight_bytes:,} B of weights apart); Core ML may fuse or tile on the device"
+                     + ("; some shapes are dynamic and were counted as 1" if mem.dynamic else ""))
     return AnalysisReport(
         model=str(pkg), target=profile.name, runtime=profile.runtime, artifact_kind="mlpackage (as given)",
-        flash_bytes=flash, ram_bytes=0, ram_kind="not measured", graph=graph,
-        budgets=[Budget("flash", profile.flash_bytes, flash, "bytes", "mlpackage")], unsupported_ops=[],
-        findings=[], calibration="none", notes=["an .mlpackage is checked for size only (no graph analysis)"],
+        flash_bytes=flash, ram_bytes=ram, ram_kind=ram_kind, graph=graph, budgets=budgets, unsupported_ops=[],
+        findings=[], calibration="none", notes=notes,
     )
 
 

@@ -51,18 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="compress and convert MODEL to fit TARGET within an accuracy tolerance")
     f.add_argument("model", help=".keras, .h5, SavedModel directory or .onnx (the float source model)")
     f.add_argument("--target", "-t", required=True, help="profile name or .toml path")
-    f.add_argument("--eval", required=True, dest="eval_data", help="evaluation data with labels (.npz x/y)")
+    f.add_argument("--eval", required=True, dest="eval_data",
+                   help="evaluation data (.npz x/y; without labels - .npy, .npz without y, an image folder - for "
+                        "--metric agreement / mse-to-float)")
     f.add_argument("--calib", help="calibration data (.npy, .npz, image folder); default: eval samples")
     f.add_argument("--max-drop", type=_non_negative, default=1.0,
-                   help="largest allowed metric drop (top1: percentage points; default 1.0)")
-    f.add_argument("--metric", default="top1", help="top1 (default), mse, mae, or module:function")
+                   help="largest allowed drop of the first metric (top1/top5/f1/auc/agreement: points; default 1.0)")
+    f.add_argument("--metric", default="top1",
+                   help="top1 (default), top5, f1 (macro), auc (binary or anomaly scores), mse, mae, agreement "
+                        "(top-1 agreement with the float model, no labels), mse-to-float, or module:function; "
+                        "several comma-separated (top1,f1): all reported, the first governs --max-drop")
     f.add_argument("--optimize", choices=["size", "latency", "ram"],
                    help="what the winner minimizes (default: latency for phones, size otherwise)")
     f.add_argument("--latency", choices=["model", "host"], default="model",
                    help="latency figure to rank by: model = deterministic per-runtime cost model (default, the "
                         "same artifact every run); host = LiteRT timed on this host (CPU phone targets only)")
-    f.add_argument("--level", type=int, default=1, help="1 = post-training quantization ladder")
-    f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder)")
+    f.add_argument("--level", type=int, default=1,
+                   help="1 = post-training quantization ladder (default); 2 = adds mixed precision driven by the "
+                        "per-layer error and weights below 8 bits (INT4, LUT, palettization)")
+    f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder): "
+                   "TFLM float32,int16x8,int8,int8-per-tensor (level 2: mixed-16x8,mixed-float,int4-keep-worst,"
+                   "int4,lut-4bit); "
+                   "LiteRT float32,float16,dynamic,int8 (level 2: mixed-float,int4-weights); Core ML fp16,"
+                   "linear-int8,palettize-8bit,palettize-6bit,palettize-4bit,palettize-2bit,prune-50 (level 2, "
+                   "iOS 18: palettize-4bit-grouped,palettize-3bit-grouped,linear-int4-block)")
     f.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.add_argument("--no-cache", action="store_true", help="ignore and do not write the candidate cache")
@@ -103,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="zephyr: the devicetree node label of the UART the protocol uses (default: the board's "
                          "zephyr,console UART)")
 
-    be = sub.add_parser("bench", help="on-device latency over serial (MLPerf Tiny runner protocol) or QEMU")
+    be = sub.add_parser("bench", help="on-device latency: a board over serial (MLPerf Tiny runner protocol), "
+                        "QEMU, or an Android phone over adb (--adb)")
     be.add_argument("model", help="the deployed .tflite, or a scaffolded project directory (edgekit-project.json)")
     be.add_argument("--target", "-t", help="profile name or .toml path (default: the project's)")
     where = be.add_mutually_exclusive_group(required=True)
@@ -112,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--adb", action="store_true", help="an Android phone over adb, with TFLite's benchmark_model")
     be.add_argument("--serial", help="adb device serial (needed when several are attached)")
     be.add_argument("--benchmark-binary", help="TFLite benchmark_model built for the phone (with --adb)")
-    be.add_argument("--big-cores", action="store_true", help="pin benchmark_model to the big cores (taskset f0)")
+    be.add_argument("--big-cores", action="store_true",
+                    help="pin benchmark_model (taskset) to the phone's cores with the highest maximum frequency")
     be.add_argument("--baud", type=_whole(1), help="baud rate (default: the profile's)")
     be.add_argument("--runs", type=_whole(1), default=50, help="timed inferences, per-inference method (default 50)")
     be.add_argument("--warmup", type=_whole(0), default=5, help="warm-up inferences (default 5)")
@@ -143,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--stop-after", type=_seconds, help="exit after this many seconds")
 
     k = sub.add_parser("check", help="build-step gate: does MODEL fit TARGET (exit 0 fits, 1 over, 2 error)")
-    k.add_argument("model", help=".tflite, .keras, .h5, SavedModel directory or .onnx")
+    k.add_argument("model", help=".tflite, .mlpackage, .keras, .h5, SavedModel directory or .onnx")
     k.add_argument("--target", "-t", required=True, help="profile name or .toml path")
     k.add_argument("--calib", help="calibration data for a float model")
     k.add_argument("--input-shape", metavar="DIMS",
@@ -168,7 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="keep each target's artifact and report under this directory")
     d.add_argument("--force", action="store_true", help="replace existing output directories")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+    _conventions(sub)
     return p
+
+
+EXITS = {  # every subcommand's help ends with its exit codes (docs/exit-codes.md has the whole table)
+    "targets": "0 listed or shown; 2 unknown or invalid profile",
+    "analyze": "0 fits every budget; 1 does not fit (the table says which budget, by how much); 2 error",
+    "fit": "0 a winner meets every budget within --max-drop; 1 nothing fits (the closest is written); 2 error",
+    "codegen": "0 written; 1 does not fit (nothing written; --allow-over-budget to generate anyway); 2 error",
+    "scaffold": "0 written; 1 does not fit (nothing written; --allow-over-budget to generate anyway); 2 error",
+    "bench": "0 done, within the latency budget or with none; 1 over the profile's latency_ms; 2 error "
+             "(including a device output that differs from the TFLM host interpreter)",
+    "device-sim": "0 ended by edgekit-exit or --stop-after; 2 error",
+    "check": "0 fits; 1 does not fit; 2 error",
+    "config": "0 listed; 2 an EDGEKIT_* setting has an invalid value",
+    "cache": "0 done; 2 error",
+    "completion": "0 printed",
+    "demo": "0 every target fits; 1 at least one does not; 2 error",
+}
+
+
+def _conventions(sub: Any) -> None:
+    """What every subcommand has: --debug after the subcommand too, and its exit codes in its help."""
+    for name, parser in sub.choices.items():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks on errors")
+        parser.epilog = (f"exit codes: {EXITS[name]}; 130/143 interrupted or terminated"
+                         if name in EXITS else None)
 
 
 def _measure_args(p: argparse.ArgumentParser) -> None:
@@ -238,7 +279,21 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prestart_tflm(args: argparse.Namespace) -> None:
+    """A .tflite for a TFLM target will be measured in the TFLM child: start it before the heavier imports,
+    so that its start-up overlaps them (check's cold start)."""
+    if not str(args.model).lower().endswith(".tflite"):
+        return
+    from edgekit.profiles import load_profile
+
+    if load_profile(args.target).is_tflm:
+        from edgekit.tflm.worker import prestart
+
+        prestart()
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    _prestart_tflm(args)
     from edgekit.analyzer import analyze
 
     report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
@@ -421,6 +476,7 @@ def _cmd_device_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    _prestart_tflm(args)
     from edgekit.analyzer import analyze
 
     report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
@@ -440,8 +496,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             ram = f"ram {report.ram_bytes:,} B arena measured on QEMU {report.measurement.machine}"
         elif report.arena_measured is not None:
             ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
-        elif report.ram_kind == "not measured":
-            ram = "ram not measured"
+        elif report.ram_kind in ("not measured", "not checked"):
+            ram = f"ram {report.ram_kind}"
         else:
             ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
         flash_line = next((b for b in report.budgets if b.name == "flash"), None)
@@ -518,7 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with run_session():
-            return COMMANDS[args.command](args)
+            try:
+                return COMMANDS[args.command](args)
+            finally:
+                if "edgekit.tflm.worker" in sys.modules:
+                    sys.modules["edgekit.tflm.worker"].close_prestarted()
     except EdgekitError as exc:
         if args.debug:
             traceback.print_exc()

@@ -139,11 +139,40 @@ def _load_keras(p: Path, fmt: str) -> Artifact:
     try:
         model = keras.models.load_model(p, compile=False)
     except Exception as exc:
+        if fmt == "h5":  # written by TF 2.x Keras (tf_keras), which Keras 3 cannot always read back
+            return _load_legacy_h5(p, exc)
         raise ModelError(
             f"cannot load Keras model {p}: {_first_line(exc)}",
             "save it with model.save('model.keras') from Keras 3, or pass a SavedModel/.tflite",
         ) from None
     return Artifact(source=p, fmt=fmt, keras_model=model)
+
+
+def _load_legacy_h5(p: Path, keras3_error: BaseException) -> Artifact:
+    """A legacy .h5 that Keras 3 cannot deserialize (MLPerf Tiny's VWW and wake-word references among
+    them): loaded with tf_keras, the TF 2.x Keras, and exported to a SavedModel in a scratch folder, which
+    every later step takes like a SavedModel the user gave."""
+    tf_keras = require("tf_keras", "loading legacy TF 2.x .h5 models")
+    from edgekit._tf import quiet_native, tf
+
+    try:
+        with quiet_native((1, 2)):
+            model = tf_keras.models.load_model(str(p), compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load Keras model {p}: Keras 3 says {_first_line(keras3_error)}; tf_keras says "
+                         f"{_first_line(exc)}", "re-save it as .keras, or pass a SavedModel/.tflite") from None
+    scratch = tempfile.TemporaryDirectory(prefix="edgekit-h5-")
+    out = Path(scratch.name) / "saved_model"
+    try:
+        with quiet_native((1, 2)):
+            tf.saved_model.save(model, str(out))
+    except Exception as exc:
+        scratch.cleanup()
+        raise ModelError(f"cannot export legacy Keras model {p} for conversion: {_first_line(exc)}") from None
+    art = Artifact(source=p, fmt="h5", saved_model_dir=out, _scratch=scratch)
+    art.notes.append("legacy TF 2.x .h5: Keras 3 cannot read it, so it was loaded with tf_keras and converted "
+                     "from its SavedModel export")
+    return art
 
 
 def stored_weight_count(path: Path) -> int | None:

@@ -77,7 +77,7 @@ PATH_SETTINGS = (
                                               "TFLM build, used before the built-in one"),
 )
 # modules that declare further options beside their code; imported by all_options()
-OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.evaluate", "edgekit.transports.base",
+OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
                   "edgekit.measure.build", "edgekit.measure.qemu")

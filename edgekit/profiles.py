@@ -45,7 +45,7 @@ ARTIFACTS = (
     "tflite-int16x8",
     "mlpackage-fp16",
 )
-DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
+DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool", "int4")
 
 # section -> key -> (python types accepted, help text). Top-level keys live in "".
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
@@ -99,6 +99,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "ops": {
         "allow": ((list,), "builtin operator names the runtime can execute"),
         "allow_all_builtin": ((bool,), "every LiteRT builtin operator is executable"),
+        "require_full_delegation": ((bool,), "LiteRT with a GPU/NNAPI delegate: an operator the delegate does not "
+                                             "take (it would fall back to the CPU) is a 'does not fit', not a "
+                                             "warning"),
         "source": ((str,), "where the operator list comes from"),
         "dtypes": ((list,), "tensor data types the runtime accepts: " + ", ".join(DTYPES)),
     },
@@ -109,7 +112,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
                                   ".data/.bss, its buffers)"),
     },
     "transport": {
-        "kind": ((str,), "serial | adb"),
+        "kind": ((str,), "serial | adb | none (no transport edgekit can bench over, e.g. iOS)"),
         "baud": ((int,), "serial baud rate"),
     },
 }
@@ -157,6 +160,7 @@ class TargetProfile:
     compute_precision: str = ""
     compute_units: str = ""
     strip_metadata: bool = False
+    require_full_delegation: bool = False
     ops_source: str = ""
     transport: str = "serial"
     baud: int = 115200
@@ -178,6 +182,12 @@ class TargetProfile:
 
     def op_supported(self, op: str) -> bool:
         return self.allow_all_builtin or op in self.ops
+
+    @property
+    def partial_delegation(self) -> bool:
+        """LiteRT with a GPU or NNAPI delegate whose ``ops.allow`` lists what the delegate takes: the CPU
+        runs the rest (every LiteRT builtin), so an operator outside the list is a fallback, not a stop."""
+        return (self.runtime == "litert" and self.delegate in ("gpu", "nnapi") and not self.allow_all_builtin)
 
 
 # ---------------------------------------------------------------- search path
@@ -360,7 +370,7 @@ CHOICES = {
     "runtime.compute_units": ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"),
     "runtime.kernels": ("cmsis_nn", "reference"),
     "hardware.simd": ("none", "dsp", "helium", "neon"),
-    "transport.kind": ("serial", "adb"),
+    "transport.kind": ("serial", "adb", "none"),
 }
 # key -> (smallest allowed, largest allowed, what it is)
 RANGES: dict[str, tuple[float, float, str]] = {
@@ -432,6 +442,7 @@ def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str
         dtypes=dtypes,
         ops=ops,
         allow_all_builtin=allow_all,
+        require_full_delegation=bool(values.get("ops.require_full_delegation", False)),
         ops_source=values.get("ops.source", ""),
         arch=values.get("hardware.arch", ""),
         cpu=values.get("hardware.cpu", ""),

@@ -22,6 +22,8 @@ class Finding:
 
 def constraint_ops_registered(graph: Graph, profile: TargetProfile) -> tuple[str, ...]:
     """Every operator must be one the target's runtime registers"""
+    if profile.partial_delegation and not profile.require_full_delegation:
+        return ()  # the CPU runs what the delegate does not take: a coverage warning (delegate_coverage)
     return tuple(op for op in graph.ops if not op.startswith("CUSTOM:") and not profile.op_supported(op))
 
 
@@ -32,6 +34,8 @@ def constraint_no_custom_ops(graph: Graph, profile: TargetProfile) -> tuple[str,
 
 def constraint_dtypes(graph: Graph, profile: TargetProfile) -> tuple[str, ...]:
     """Every tensor's data type must be one the target's runtime accepts"""
+    if profile.partial_delegation and not profile.require_full_delegation:
+        return ()  # as for operators: the delegate's data types decide what falls back to the CPU
     return tuple(dt for dt in graph.dtypes if dt not in profile.dtypes)
 
 
@@ -73,6 +77,80 @@ CONSTRAINTS: list[Callable[[Graph, TargetProfile], tuple[str, ...]]] = [
 
 # constraints that stop the TFLM interpreter from running the model at all
 TFLM_BLOCKERS = (constraint_tflm_no_float16, constraint_tflm_no_hybrid)
+
+
+@dataclass(frozen=True)
+class OpPlacement:
+    index: int
+    op: str
+    delegated: bool
+    reason: str = ""  # why the delegate does not take it (operator, data type or shape)
+
+
+@dataclass(frozen=True)
+class DelegateCoverage:
+    """Which operators a LiteRT delegate takes, in how many partitions, and what the CPU runs."""
+
+    delegate: str
+    placements: tuple[OpPlacement, ...]
+
+    @property
+    def delegated(self) -> int:
+        return sum(p.delegated for p in self.placements)
+
+    @property
+    def on_cpu(self) -> list[OpPlacement]:
+        return [p for p in self.placements if not p.delegated]
+
+    @property
+    def partitions(self) -> int:
+        """Runs of delegated operators in execution order: each is one delegate partition, with a hand-over
+        to the CPU and back between them (LiteRT may merge independent runs; never fewer than this bound's
+        connected pieces)."""
+        runs, previous = 0, False
+        for p in self.placements:
+            runs += p.delegated and not previous
+            previous = p.delegated
+        return runs
+
+    def summary(self) -> str:
+        total = len(self.placements)
+        text = (f"{self.delegate} delegate: {self.delegated} of {total} operators delegated in {self.partitions} "
+                f"partition{'s' if self.partitions != 1 else ''}")
+        if self.on_cpu:
+            shown = "; ".join(f"{p.op} (#{p.index}: {p.reason})" for p in self.on_cpu[:5])
+            more = f"; and {len(self.on_cpu) - 5} more" if len(self.on_cpu) > 5 else ""
+            text += f"; on the CPU: {shown}{more}"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {"delegate": self.delegate, "operators": len(self.placements), "delegated": self.delegated,
+                "partitions": self.partitions,
+                "on_cpu": [{"index": p.index, "op": p.op, "reason": p.reason} for p in self.on_cpu]}
+
+
+MAX_DELEGATE_RANK = 4  # the GPU delegate's tensors are at most 4-D (BHWC)
+
+
+def delegate_coverage(graph: Graph, profile: TargetProfile) -> DelegateCoverage | None:
+    """Per operator, whether the profile's delegate takes it and, if not, why; None for other targets."""
+    if not profile.partial_delegation:
+        return None
+    placements = []
+    for layer in graph.layers:
+        reason = ""
+        if not profile.op_supported(layer.op):
+            reason = f"operator not supported by the {profile.delegate} delegate"
+        else:
+            tensors = [graph.tensors[t] for t in (*layer.inputs, *layer.outputs) if t >= 0]
+            bad = sorted({t.dtype for t in tensors if t.dtype not in profile.dtypes})
+            deep = max((len(t.shape) for t in tensors), default=0)
+            if bad:
+                reason = f"data type {', '.join(bad)}"
+            elif profile.delegate == "gpu" and deep > MAX_DELEGATE_RANK:
+                reason = f"{deep}-D tensor (the GPU delegate takes up to {MAX_DELEGATE_RANK}-D)"
+        placements.append(OpPlacement(layer.index, layer.op, not reason, reason))
+    return DelegateCoverage(profile.delegate, tuple(placements))
 
 
 def _doc(constraint: Callable[..., object]) -> str:

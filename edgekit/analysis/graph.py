@@ -159,12 +159,24 @@ class Graph:
                 return "float32"
         return "int16x8" if "int16" in self.activation_dtypes else "int8"
 
-    def peak_activation_bytes(self) -> int:
-        """Largest sum of live non-constant tensors at any step of the execution order.
+    def dequantized_weights(self) -> set[int]:
+        """Tensors that are weights in another form: outputs of a DEQUANTIZE of a constant (float16 and
+        similar models), computed once when the interpreter prepares and held like weights."""
+        return {t for layer in self.layers if layer.op == "DEQUANTIZE"
+                for t in layer.outputs if t >= 0 and all(i >= 0 and self.tensors[i].is_const for i in layer.inputs)}
 
-        A lower bound for any memory planner (no fragmentation, no kernel scratch):
-        the figure a mobile runtime's arena approaches.
+    @property
+    def dequantized_weight_bytes(self) -> int:
+        return sum(self.tensors[t].nbytes for t in self.dequantized_weights())
+
+    def peak_activation_bytes(self) -> int:
+        """Largest sum of live activations (non-constant tensors) at any step of the execution order.
+
+        A lower bound for any memory planner (no fragmentation, no kernel scratch): the figure a mobile
+        runtime's arena approaches. Dequantized constants (:meth:`dequantized_weights`) are weights, not
+        activations, and are counted apart (:attr:`dequantized_weight_bytes`).
         """
+        skip = self.dequantized_weights()
         n = len(self.layers)
         end = max(n - 1, 0)
         first: dict[int, int] = {}
@@ -190,6 +202,8 @@ class Graph:
                 first[tensor.index], last[tensor.index] = 0, end
         delta = [0] * (max(n, 1) + 1)  # a sweep over interval ends: linear in layers + tensors
         for t, start in first.items():
+            if t in skip:
+                continue
             size = self.tensors[t].nbytes
             delta[start] += size
             delta[max(last.get(t, start), start) + 1] -= size

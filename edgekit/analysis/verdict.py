@@ -187,4 +187,8 @@ def budgets(profile: TargetProfile, graph: Graph, flash_bytes: int, flash_note: 
     if profile.is_tflm:
         found = blockers or []
         out.append(Budget("runtime", 0, len(found), "reasons TFLM cannot run it", "; ".join(found)))
+    coverage = compat.delegate_coverage(graph, profile)
+    if coverage is not None and profile.require_full_delegation:
+        out.append(Budget("delegation", 0, len(coverage.on_cpu), "operators left on the CPU",
+                          "; ".join(f"{p.op} ({p.reason})" for p in coverage.on_cpu)))
     return out

@@ -34,6 +34,9 @@ class AdbBenchResult:
         return asdict(self)
 
 
+PROFILE_RUNS = 10  # inferences of the separate op-profiling run
+
+
 def bench_adb(model: str | os.PathLike[str], target: str | TargetProfile, benchmark_binary: str,
               serial: str | None = None, runs: int = 50, warmup: int = 5, big_cores: bool = False,
               op_profiling: bool = True, adb: Adb | None = None) -> AdbBenchResult:
@@ -64,8 +67,6 @@ def bench_adb(model: str | os.PathLike[str], target: str | TargetProfile, benchm
         adb.shell(f"chmod 755 {remote_bin}")
         flags = [f"--graph={remote_model}", f"--num_threads={profile.threads}", f"--num_runs={runs}",
                  f"--warmup_runs={warmup}", *DELEGATE_FLAGS.get(profile.delegate, [])]
-        if op_profiling:
-            flags.append("--enable_op_profiling=true")
         pin = ""
         if big_cores:
             mask = big_core_mask(adb)
@@ -73,18 +74,17 @@ def bench_adb(model: str | os.PathLike[str], target: str | TargetProfile, benchm
                 pin = f"taskset {mask} "
             else:
                 notes.append("--big-cores: the device reports no distinct big cores (cpufreq); not pinned")
+        # the timed run without op profiling (its per-op timers would be inside the timed inferences)
         command = pin + " ".join([remote_bin, *flags])
-        out, rc = adb.shell(command, timeout=BENCH_TIMEOUT.value)
-        if rc in (126, 127):
-            raise TransportError(f"benchmark_model is missing or not executable on {adb.serial} (exit {rc})",
-                                 "pass an android_aarch64 build of TFLite's benchmark_model with --benchmark-binary")
-        if rc != 0:
-            tail = " / ".join(ln.strip() for ln in out.strip().splitlines()[-2:])
-            raise TransportError(f"benchmark_model failed on {adb.serial} (exit {rc}): {tail[:300]}")
-        parsed: BenchmarkModelResult = parse(out)
-        if parsed.inference_avg_us is None:
-            raise TransportError("benchmark_model printed no 'Inference timings' line",
-                                 "check the binary's version and the model")
+        parsed = _run(adb, command)
+        if op_profiling:  # then a short separate run for the per-operator table only
+            prof_flags = [f"--graph={remote_model}", f"--num_threads={profile.threads}",
+                          f"--num_runs={min(runs, PROFILE_RUNS)}", "--warmup_runs=1",
+                          *DELEGATE_FLAGS.get(profile.delegate, []), "--enable_op_profiling=true"]
+            profiled = _run(adb, pin + " ".join([remote_bin, *prof_flags]))
+            parsed.ops = profiled.ops
+            notes.append(f"per-operator times from a separate profiling run of {min(runs, PROFILE_RUNS)} inferences; "
+                         "the latency figures come from the run without profiling")
     finally:
         try:
             adb.shell(f"rm -f {remote_model} {remote_bin}", timeout=30)
@@ -97,10 +97,26 @@ def bench_adb(model: str | os.PathLike[str], target: str | TargetProfile, benchm
             (f"; unsupported by the delegate: {', '.join(parsed.unsupported_by_delegate)}"
              if parsed.unsupported_by_delegate else ""))
     budget = profile.latency_ms
+    assert parsed.inference_avg_us is not None  # _run refuses an output without it
     avg_ms = parsed.inference_avg_us / 1000
     return AdbBenchResult(model=str(p), target=profile.name, device=facts, command=command,
                           parsed=asdict(parsed) | {"cpu_fallback": parsed.cpu_fallback},
                           budget_ms=budget, within_budget=None if budget is None else avg_ms <= budget, notes=notes)
+
+
+def _run(adb: Adb, command: str) -> BenchmarkModelResult:
+    out, rc = adb.shell(command, timeout=BENCH_TIMEOUT.value)
+    if rc in (126, 127):
+        raise TransportError(f"benchmark_model is missing or not executable on {adb.serial} (exit {rc})",
+                             "pass an android_aarch64 build of TFLite's benchmark_model with --benchmark-binary")
+    if rc != 0:
+        tail = " / ".join(ln.strip() for ln in out.strip().splitlines()[-2:])
+        raise TransportError(f"benchmark_model failed on {adb.serial} (exit {rc}): {tail[:300]}")
+    parsed: BenchmarkModelResult = parse(out)
+    if parsed.inference_avg_us is None:
+        raise TransportError("benchmark_model printed no 'Inference timings' line",
+                             "check the binary's version and the model")
+    return parsed
 
 
 def big_core_mask(adb: Adb) -> str:

@@ -25,7 +25,8 @@ from edgekit import options
 from edgekit._hashing import content_hash
 from edgekit.fitting.types import Candidate
 
-CACHE_VERSION = "fit-3"  # fit-2: records carry the artifact's and their own sha256; fit-3: memory plans
+CACHE_VERSION = "fit-4"  # fit-2: records carry the artifact's and their own sha256; fit-3: memory plans;
+# fit-4: level-2 fields (metrics, saved bytes, verification, detail)
 
 
 def array_hash(*arrays: np.ndarray | None) -> str:
@@ -59,7 +60,8 @@ def cache_dir() -> Path:
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "float": (int, float), "int": (int,), "bool": (bool,), "float | None": (int, float, type(None)),
-    "dict[str, dict[str, Any]]": (dict,), "list[str]": (list,),
+    "dict[str, dict[str, Any]]": (dict,), "list[str]": (list,), "dict[str, float]": (dict,),
+    "dict[str, int]": (dict,),
 }
 ARTIFACT_NAMES = ("model.tflite", "model.mlpackage")
 CACHE_RECORD_MAX = 1 << 20
@@ -184,6 +186,7 @@ def store_cached(entry: Path, cand: Candidate, artifact: Path | None) -> None:
 CACHE_MAX_BYTES = options.Option("cache_max_bytes", float(2 << 30),
                                  "size limit of the fit cache; the least recently used entries go first")
 _ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")
+LAYER_ERRORS_DIR = "layer-errors"
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,26 @@ def entries(root: Path | None = None) -> list[CacheEntry]:
                     and not entry.is_symlink() and record.is_file()):
                 size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
                 found.append(CacheEntry(entry, size, record.stat().st_mtime))
+    side = root / LAYER_ERRORS_DIR  # the per-layer error records (search._layer_errors), one file each
+    if side.is_dir() and not side.is_symlink():
+        for f in side.iterdir():
+            if f.suffix == ".json" and _ENTRY_NAME.match(f.stem) and f.is_file() and not f.is_symlink():
+                st = f.stat()
+                found.append(CacheEntry(f, st.st_size, st.st_mtime))
     return sorted(found, key=lambda e: e.used)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def touch_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def touch(entry: Path) -> None:
@@ -226,7 +248,7 @@ def prune(limit: int | None = None, root: Path | None = None) -> list[Path]:
     for e in found:
         if total <= limit:
             break
-        shutil.rmtree(e.path, ignore_errors=True)
+        _remove(e.path)
         total -= e.bytes
         removed.append(e.path)
     return removed
@@ -236,5 +258,5 @@ def clear(root: Path | None = None) -> tuple[int, int]:
     """Remove every entry (only edgekit's own); (entries, bytes) removed."""
     found = entries(root)
     for e in found:
-        shutil.rmtree(e.path, ignore_errors=True)
+        _remove(e.path)
     return len(found), sum(e.bytes for e in found)

@@ -28,25 +28,37 @@ from edgekit import intake, options, output
 from edgekit._hashing import content_hash
 from edgekit.analysis.graph import read_graph
 from edgekit.errors import DataError, EdgekitError, StageError
-from edgekit.evaluate import Metric, get_metric, run_litert
+from edgekit.evaluate import Metric, get_metrics, run_litert
 from edgekit.fitting import cache
-from edgekit.fitting.build import LATENCY_SOURCES, Job, build_coreml, build_tflite, coreml_predicts, keras_outputs
-from edgekit.fitting.ladder import ladder
+from edgekit.fitting.build import BUILDERS, LATENCY_SOURCES, Job, coreml_predicts, keras_outputs
+from edgekit.fitting.ladder import IOS18_MODES_FROM, ios_version, ladder
 from edgekit.fitting.select import closest, select
 from edgekit.fitting.types import GOALS, Candidate, FitResult, Rung
 from edgekit.profiles import TargetProfile, load_profile
 
 
-def check_labels(y: np.ndarray | None, out_shape: tuple[int, ...], metric: Metric, where: str) -> None:
+def check_labels(y: np.ndarray | None, out_shape: tuple[int, ...], metric: Metric | list[Metric], where: str) -> None:
+    """Labels fit every metric that needs them (agreement metrics need none): checked before any work."""
+    mets = metric if isinstance(metric, list) else [metric]
+    need = [m for m in mets if m.reference == "labels"]
+    if not need:
+        return
     if y is None:
-        raise DataError(f"{where} has no labels (array 'y')", "save eval data with np.savez(path, x=..., y=...)")
+        raise DataError(f"{where} has no labels (array 'y'), which --metric {need[0].name} needs",
+                        "save eval data with np.savez(path, x=..., y=...), or use --metric agreement / "
+                        "mse-to-float (scored against the float model's own outputs)")
     y = np.asarray(y)
     if y.dtype.kind not in "fiub":
         raise DataError(f"{where}: labels have dtype {y.dtype} (must be numeric)")
     if not np.all(np.isfinite(y.astype(np.float64))):
         raise DataError(f"{where}: labels contain NaN or Inf")
     per_sample = tuple(out_shape[1:])
-    if metric.name == "top1":
+    for m in need:
+        _check_one(y, per_sample, m, where)
+
+
+def _check_one(y: np.ndarray, per_sample: tuple[int, ...], metric: Metric, where: str) -> None:
+    if metric.kind == "classes":
         classes = int(np.prod(per_sample)) if per_sample else 1
         if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
             labels = y.reshape(-1)
@@ -57,9 +69,17 @@ def check_labels(y: np.ndarray | None, out_shape: tuple[int, ...], metric: Metri
         elif tuple(y.shape[1:]) != per_sample:
             raise DataError(f"{where}: labels have shape {y.shape[1:]} per sample but the model outputs "
                             f"{per_sample}", "give class indices or one-hot rows")
-        if len(y) < classes:
+        if metric.name == "top1" and len(y) < classes:
             raise DataError(f"{where}: {len(y)} evaluation samples for {classes} classes",
                             "the eval set needs at least one sample per class")
+    elif metric.kind == "binary":
+        flat = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+        labels = y.reshape(-1)
+        if not flat or not np.all(np.isin(labels, (0, 1))):
+            raise DataError(f"{where}: --metric {metric.name} needs one 0/1 label per sample (1 = positive / "
+                            "anomalous)")
+        if len(np.unique(labels)) < 2:
+            raise DataError(f"{where}: --metric {metric.name} needs both classes (0 and 1) in the labels")
     elif metric.name in ("mse", "mae") and tuple(y.shape[1:]) != per_sample and \
             int(np.prod(y.shape[1:])) != int(np.prod(per_sample)):
         raise DataError(f"{where}: targets have shape {y.shape[1:]} per sample but the model outputs {per_sample}")
@@ -126,7 +146,7 @@ def fit(
             raise DataError(f"--candidates {','.join(unknown)} is not on the {profile.name} ladder",
                             "choose from " + ", ".join(known))
         rungs = [r for r in rungs if r.name in only]
-    met = get_metric(metric)
+    mets = get_metrics(metric)
     model_path = Path(model)
     if model_path.suffix.lower() == ".tflite" and model_path.is_file():
         if profile.runtime == "coreml":
@@ -142,8 +162,8 @@ def fit(
     try:
         art = intake.load(model_path, input_shape=input_shape)
         try:
-            return _fit(art, profile, rungs, eval_data, calib, max_drop, met, goal, out, use_cache, quiet, t_start,
-                        latency)
+            return _fit(art, profile, rungs, eval_data, calib, max_drop, mets, goal, out, use_cache, quiet, t_start,
+                        latency, level)
         finally:
             art.cleanup()
     finally:
@@ -152,23 +172,23 @@ def fit(
 
 
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
-         max_drop: float, met: Metric, goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
-         t_start: float, latency: str) -> FitResult:
+         max_drop: float, mets: list[Metric], goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
+         t_start: float, latency: str, level: int = 1) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
 
     worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
     try:
-        return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, met, goal, out, use_cache, quiet,
-                          t_start, worker, latency)
+        return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, mets, goal, out, use_cache, quiet,
+                          t_start, worker, latency, level)
     finally:
         if worker is not None:
             worker.close()
 
 
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
-               calib_path: str | None, max_drop: float, met: Metric, goal: str, out: output.Output | None,
-               use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str) -> FitResult:
+               calib_path: str | None, max_drop: float, mets: list[Metric], goal: str, out: output.Output | None,
+               use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str, level: int = 1) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
@@ -180,8 +200,8 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
     else:
         float_tfl = quantize.convert(art, "float32")
         out_shape = read_graph(float_tfl).output_tensors()[0].shape
-    check_labels(ev.y, out_shape, met, ev.source)
-    assert ev.y is not None
+    met = mets[0]
+    check_labels(ev.y, out_shape, mets, ev.source)
     if calib_path:
         cal = data_mod.load(calib_path, shape)
         calib_label = f"{cal.source} ({len(cal)} samples)"
@@ -191,27 +211,41 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         calib_label = f"first {n} samples of the eval data (no --calib given)"
         notes.append("calibrated on eval samples: pass --calib with separate data for an unbiased figure")
     if art.keras_model is not None:
-        baseline = met(ev.y, keras_outputs(art.keras_model, ev.x))
+        float_out = keras_outputs(art.keras_model, ev.x)
         baseline_on = "the source Keras model (float32, TensorFlow)"
     else:
         assert float_tfl is not None
-        baseline = met(ev.y, run_litert(float_tfl, ev.x))
+        float_out = run_litert(float_tfl, ev.x)
         baseline_on = "the float32 .tflite (LiteRT)"
+    truth = {m.name: float_out if m.reference == "float" else ev.y for m in mets}
+    baselines = {m.name: m(t, float_out, ev.x) for m in mets if (t := truth[m.name]) is not None}
+    baseline = baselines[met.name]
     notes.append(f"baseline measured on {baseline_on}")
+    if any(m.reference == "float" for m in mets):
+        notes.append("agreement metrics (" + ", ".join(m.name for m in mets if m.reference == "float")
+                     + f") compare each candidate with the float model's own outputs on {baseline_on}")
     key_base = {
         "v": cache.CACHE_VERSION, "model": content_hash(art.source), "target": json.dumps(dict(profile.values),
                                                                                      sort_keys=True, default=str),
-        "calib": cache.array_hash(cal.x), "eval": cache.array_hash(ev.x, ev.y), "metric": met.name,
-        "seed": options.SEED.value, "code": cache.code_hash(), "latency": latency,
+        "calib": cache.array_hash(cal.x), "eval": cache.array_hash(ev.x, ev.y),
+        "metric": ",".join(m.name for m in mets), "seed": options.SEED.value, "code": cache.code_hash(),
+        "latency": latency,
     }
     progress = _Progress(len(rungs), profile.name, quiet)
     candidates: list[Candidate] = []
     artifacts: dict[str, Path] = {}
     work = tempfile.TemporaryDirectory(prefix="edgekit-fit-")
-    job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency)
+    job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency, mets=mets, float_ref=float_out)
     if latency == "host" and not job.host_timing:
         notes.append(f"--latency host ignored: {profile.name} does not compute on a CPU like this host's; "
                      "ranked by the cost model")
+    if level >= 2 and profile.runtime == "coreml" and ios_version(profile) < IOS18_MODES_FROM:
+        notes.append(f"level 2 adds no Core ML rung for {profile.name}: per-grouped-channel palettization and "
+                     f"4-bit blockwise weights need iOS {IOS18_MODES_FROM} (the profile deploys to "
+                     f"{profile.min_deployment_target or 'iOS16'}; see the ios18-ane target)")
+    layer_method = ""
+    if profile.runtime != "coreml" and art.tflite is None:
+        layer_method = _layer_errors(job, key_base, use_cache, notes)
     try:
         for i, rung in enumerate(rungs):
             progress.show(i, f"{rung.name} ...")
@@ -223,10 +257,9 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 notes.append(f"cache entry for {rung.name} was not used ({problem}): rebuilt")
             if cand is None:
                 t0 = time.perf_counter()
-                cand = Candidate(rung.name, rung.stage, rung.mode, rung.value)
+                cand = Candidate(rung.name, rung.stage, rung.mode, rung.value, level=rung.level)
                 try:
-                    build = build_coreml if rung.stage == "coreml" else build_tflite
-                    path = build(job, rung, cand)
+                    path = BUILDERS[rung.stage](job, rung, cand)
                     cand.drop = met.drop(baseline, cand.metric) if cand.metric is not None else None
                     cand.within_drop = cand.drop is not None and cand.drop <= max_drop + 1e-9
                 except EdgekitError as exc:
@@ -251,13 +284,21 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         winner = select(candidates, goal)
         nearest = winner or closest(candidates)
         if profile.runtime == "coreml":
-            notes.append("Core ML accuracy on Linux: the same weight compression applied to the source model and "
-                         "evaluated with TensorFlow (Core ML cannot run predictions off macOS)"
+            notes.append("Core ML accuracy on Linux: each package's own compressed weights (decompressed by "
+                         "coremltools) put back into the source model and evaluated with TensorFlow (Core ML cannot "
+                         "run predictions off macOS)"
                          if not coreml_predicts() else "Core ML accuracy: the .mlpackage itself, run by Core ML")
+        notes += _verdict_notes(candidates, job, met, max_drop)
+        if any(c.stage == "int4" and not c.error for c in candidates):
+            notes.append("INT4 candidates were checked bit-exact on the TFLM host interpreter here; on the device "
+                         "CMSIS-NN's s4 kernels read them (tests/integration/test_level2.py runs one bit-exact on "
+                         "TFLM + CMSIS-NN under QEMU); `edgekit bench` compares a device's raw output with the host")
         result = FitResult(
             model=str(art.source), target=profile.name, metric=met.name, max_drop=max_drop, goal=goal,
             baseline=baseline, candidates=candidates, winner=winner, closest=nearest, notes=notes,
-            calibration=calib_label, eval_source=ev.source, eval_samples=len(ev),
+            calibration=calib_label, eval_source=ev.source, eval_samples=len(ev), level=level,
+            metrics=[m.name for m in mets], baselines=baselines,
+            layer_errors=[e.to_dict() for e in job.layer_errs or []], layer_error_method=layer_method,
         )
         result.seconds = time.perf_counter() - t_start
         if out is not None:
@@ -268,7 +309,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
 
 
 def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Output, profile: TargetProfile) -> None:
-    from edgekit.report.fit_report import render_markdown, render_plot
+    from edgekit.report.fit_report import render_layer_plot, render_markdown, render_plot
 
     chosen = result.winner or result.closest
     if chosen is not None and chosen.name in artifacts:
@@ -281,6 +322,9 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     if plot is not None:
         out.write("candidates.svg", plot)
     has_plot = plot is not None
+    layer_plot = render_layer_plot(result)
+    if layer_plot is not None:
+        out.write("layer_error.svg", layer_plot)
     out.write("report.json", json.dumps(result.to_dict(), indent=2))
     out.write("report.md", render_markdown(result, profile, has_plot))
     from edgekit.report.html import fit_html
@@ -288,3 +332,82 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     out.write("report.html", fit_html(result, profile, plot))
     out.publish()
     result.out_dir = out.out
+
+
+LAYER_ERROR_METHOD = ("own side-by-side run in LiteRT with all tensors preserved: the int8 model against the "
+                      "calibrated float model (same graph and tensor names) on {n} calibration samples; error = "
+                      "mean over channels of RMSE / RMS of the float channel, added = error minus its inputs' error")
+
+
+def keras_layer_names(art: intake.Artifact, int8_model: bytes) -> dict[int, str]:
+    """Operator index -> Keras layer name for the weighted operators (conv, dense), matched in order."""
+    from edgekit.stages.layer_error import WEIGHTED
+
+    model = art.keras_model
+    if model is None:
+        return {}
+    layers: list[Any] = []
+
+    def walk(layer: Any) -> None:
+        subs = getattr(layer, "layers", None)
+        if subs:
+            for sub in subs:
+                walk(sub)
+        elif any("kernel" in w.path.split("/")[-1] for w in getattr(layer, "weights", [])):
+            layers.append(layer)
+
+    walk(model)
+    ops = [layer for layer in read_graph(int8_model).layers if layer.op in WEIGHTED]
+    if len(ops) != len(layers):
+        return {}
+    return {op.index: lay.name for op, lay in zip(ops, layers, strict=True)}
+
+
+def _layer_errors(job: Job, key_base: dict[str, Any], use_cache: bool, notes: list[str]) -> str:
+    """The int8 model's per-layer error (cached like a candidate); sets job.layer_errs and job.layer_names."""
+    from edgekit.stages import layer_error
+
+    n = min(layer_error.SAMPLES, len(job.cal))
+    method = LAYER_ERROR_METHOD.format(n=n)
+    key = hashlib.sha256(json.dumps({**key_base, "layer-errors": 1}, sort_keys=True).encode()).hexdigest()
+    path = cache.cache_dir() / cache.LAYER_ERRORS_DIR / f"{key}.json"
+    if use_cache and path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            job.layer_errs = [layer_error.LayerError(**d) for d in doc["layers"]]
+            job.layer_names = {int(k): v for k, v in doc["names"].items()}
+            cache.touch_file(path)
+            return method
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+    try:
+        base = job.int8_reference()
+        job.layer_names = keras_layer_names(job.art, base)
+        job.layer_errs = layer_error.layer_errors(job.calibrated().model, base, job.cal.x, job.layer_names)
+    except EdgekitError as exc:
+        notes.append(f"per-layer quantization error not computed: {exc}")
+        return ""
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"layers": [asdict(e) for e in job.layer_errs],
+                                       "names": {str(k): v for k, v in job.layer_names.items()}}))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return method
+
+
+def _verdict_notes(cands: list[Candidate], job: Job, met: Metric, max_drop: float) -> list[str]:
+    """One line per int8 candidate that misses --max-drop, naming the worst layers."""
+    worst = [e for e in (job.layer_errs or []) if e.added > 0][:3]
+    if not worst:
+        return []
+    names = ", ".join(f"{e.layer} ({e.op}, error {e.error:.3f}, added {e.added:.3f})" for e in worst)
+    lines = []
+    for c in cands:
+        if c.mode in ("int8", "int8-per-tensor") and c.drop is not None and not c.within_drop:
+            lines.append(f"{c.name} loses {c.drop:.3f} {met.name} (more than --max-drop {max_drop:g}); worst layers "
+                         f"by quantization error: {names}")
+    return lines

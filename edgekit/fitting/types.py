@@ -17,9 +17,10 @@ class Rung:
     """One step of the ladder: a named way to build a candidate."""
 
     name: str
-    stage: str  # quantize | coreml
-    mode: str  # quantize mode, or Core ML compression kind
-    value: float = 0.0  # palettization bits / pruning sparsity
+    stage: str  # a builder of fitting.build.BUILDERS: quantize | coreml | int4 | lut | mixed | aeq
+    mode: str  # quantize mode, Core ML compression kind, or the stage's variant
+    value: float = 0.0  # palettization bits / pruning sparsity / layers kept in higher precision
+    level: int = 1  # the --level that introduces it
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Candidate:
     cached: bool = False
     seconds: float = 0.0
     artifact: str = ""  # file name in the cache entry
+    level: int = 1
+    metrics: dict[str, float] = field(default_factory=dict)  # every --metric, by name (metric = the first)
+    saved: dict[str, int] = field(default_factory=dict)  # bytes each method saved, in the order applied
+    verified: list[str] = field(default_factory=list)  # where the artifact was run and checked, and how
+    detail: str = ""  # what the method did (layers packed, kept in higher precision, ...)
 
     @property
     def eligible(self) -> bool:
@@ -70,6 +76,11 @@ class FitResult:
     out_dir: Path | None = None
     artifact_path: Path | None = None
     seconds: float = 0.0
+    level: int = 1
+    metrics: list[str] = field(default_factory=list)  # every metric measured (the first governs)
+    baselines: dict[str, float] = field(default_factory=dict)
+    layer_errors: list[dict[str, Any]] = field(default_factory=list)  # the int8 candidate's, worst first
+    layer_error_method: str = ""
 
     @property
     def fits(self) -> bool:
@@ -81,15 +92,19 @@ class FitResult:
             "target": self.target,
             "fits": self.fits,
             "metric": self.metric,
+            "metrics": self.metrics or [self.metric],
+            "level": self.level,
             "max_drop": self.max_drop,
             "goal": self.goal,
             "baseline": self.baseline,
+            "baselines": self.baselines or {self.metric: self.baseline},
             "calibration": self.calibration,
             "eval": {"source": self.eval_source, "samples": self.eval_samples},
             "winner": self.winner.name if self.winner else None,
             "closest": self.closest.name if (self.closest and not self.winner) else None,
             "artifact": self.artifact_path.name if self.artifact_path else None,
             "candidates": [asdict(c) for c in self.candidates],
+            "layer_errors": {"method": self.layer_error_method, "layers": self.layer_errors},
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
         }

@@ -65,6 +65,9 @@ def render_text(r: FitResult) -> str:
     kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
     for kind in kinds:
         lines.append(f"latency: {kind}")
+    if r.layer_errors:
+        worst = ", ".join(f"{e['layer']} ({e['added']:.3f})" for e in r.layer_errors[:3])
+        lines.append(f"per-layer int8 error, worst first (added): {worst}  (report.md has every layer)")
     for n in r.notes:
         lines.append(f"note: {n}")
     if r.out_dir:
@@ -96,6 +99,15 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
         md.append(f"**Nothing fits.** Closest: {r.closest.name if r.closest else 'none'}.")
     if has_plot:
         md += ["", "![flash vs accuracy](candidates.svg)"]
+    if len(r.metrics) > 1:
+        md += ["", "## Every metric", "", "| candidate | " + " | ".join(r.metrics) + " |",
+               "|---|" + "---|" * len(r.metrics),
+               "| float baseline | " + " | ".join(f"{r.baselines.get(m, float('nan')):.4f}" for m in r.metrics) + " |"]
+        md += ["| " + c.name + " | " + " | ".join("-" if m not in c.metrics else f"{c.metrics[m]:.4f}"
+                                                  for m in r.metrics) + " |" for c in r.candidates]
+        md += ["", f"`{r.metrics[0]}` governs the allowed drop."]
+    md += method_section(r)
+    md += layer_error_section(r)
     kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
     if kinds:
         md += ["", "Latency figures: " + "; ".join(kinds) + ". `est` marks an estimate (rank only), `host` a "
@@ -104,6 +116,60 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
         md += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     md.append("")
     return "\n".join(md)
+
+
+def method_section(r: FitResult) -> list[str]:
+    """Per candidate: what its method did, the bytes each step saved, and where it was run and checked."""
+    rows = [c for c in r.candidates if c.saved or c.verified or c.detail]
+    if not rows:
+        return []
+    md = ["", "## Bytes saved per method, and where each candidate was verified", ""]
+    for c in rows:
+        md.append(f"- **{c.name}** (level {c.level}, {c.flash_bytes:,} B)" + (f": {c.detail}" if c.detail else ""))
+        for what, n in c.saved.items():
+            md.append(f"  - {what}: {n:+,} B" if n < 0 else f"  - {what}: {n:,} B saved")
+        for v in c.verified:
+            md.append(f"  - verified: {v}")
+    return md
+
+
+def layer_error_section(r: FitResult) -> list[str]:
+    if not r.layer_errors:
+        return []
+    md = ["", "## Per-layer quantization error of the int8 model (worst first)", "",
+          f"Method: {r.layer_error_method}.", "", "![per-layer error](layer_error.svg)", "",
+          "| # | layer | op | error | added | RMSE / scale | cosine |", "|---|---|---|---|---|---|---|"]
+    for rank, e in enumerate(r.layer_errors, 1):
+        md.append(f"| {rank} | {e['layer']} | {e['op']} | {e['error']:.4f} | {e['added']:.4f} | "
+                  f"{e['rmse_scale']:.3f} | {e['cosine']:.5f} |")
+    return md
+
+
+def render_layer_plot(r: FitResult) -> str | None:
+    """Horizontal bars per layer (worst first): the error of its int8 output, and the part it adds."""
+    import jinja2
+
+    rows = r.layer_errors
+    if not rows:
+        return None
+    width, left, right, top, bar = 640, 170, 610, 30, 18
+    bottom = top + bar * len(rows) + 6
+    height = bottom + 40
+    hi = max(max(float(e["error"]) for e in rows), 1e-6) * 1.05
+
+    def sx(v: float) -> float:
+        return round((v / hi) * (right - left), 1)
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             undefined=jinja2.StrictUndefined, autoescape=True)
+    return str(env.get_template("layer_error.svg.j2").render(
+        width=width, height=height, left=left, right=right, top=top, bottom=bottom,
+        title=f"{Path(r.model).name}: per-layer int8 error (red: added by the layer)",
+        xlabel="mean per-channel RMSE / RMS of the float output",
+        xticks=[{"pos": round(left + sx(v), 1), "label": f"{v:.3g}"} for v in _ticks(0.0, hi)],
+        bars=[{"y": top + i * bar, "h": bar - 4, "name": f"{e['layer']} ({e['op']})"[:28],
+               "error": f"{e['error']:.4f}", "added": f"{e['added']:.4f}", "error_w": sx(float(e["error"])),
+               "added_w": sx(float(e["added"]))} for i, e in enumerate(rows)]))
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:

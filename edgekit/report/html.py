@@ -108,7 +108,10 @@ def fit_html(r: FitResult, profile: TargetProfile, plot_svg: str | None) -> str:
                                    "fits": r.fits, "flash": chosen.flash_bytes if chosen else 0,
                                    "ram": chosen.ram_bytes if chosen else 0,
                                    "ram_kind": chosen.ram_kind if chosen else "", "params": None, "macs": None},
-        "budgets": budgets, "layers": [], "peak": None, "notes": list(r.notes),
+        "budgets": budgets, "layers": [], "peak": None,
+        "notes": list(r.notes) + [f"int8 layer {i}: {e['layer']} ({e['op']}) error {e['error']:.4f}, added "
+                                  f"{e['added']:.4f}" for i, e in enumerate(r.layer_errors[:5], 1)]
+        + [f"{c.name}: verified: {v}" for c in r.candidates for v in c.verified if "bit-exact" in v],
         "candidates": {"headers": HEADERS, "rows": [[str(c) for c in row] for row in candidate_rows(r)]},
         "plot": _inline_svg(plot_svg), "bench": None})
 

@@ -28,7 +28,12 @@ from edgekit.intake import Artifact
 from edgekit.profiles import TargetProfile
 
 WEIGHT_THRESHOLD = 2048  # weights with fewer elements stay uncompressed (coremltools' default)
-COMPRESSIONS = ("none", "linear-int8", "palettize", "prune")
+COMPRESSIONS = ("none", "linear-int8", "palettize", "prune", "palettize-grouped", "linear-int4-block")
+# the iOS 18 modes (coremltools.optimize.coreml): k-means palettization with one table per group of
+# GROUP_SIZE output channels, and 4-bit linear weights with one scale per BLOCK_SIZE input elements
+IOS18_KINDS = ("palettize-grouped", "linear-int4-block")
+GROUP_SIZE = 16
+BLOCK_SIZE = 32
 
 
 def can_predict() -> bool:
@@ -90,16 +95,80 @@ def compress(src: Path, kind: str, value: float, out: Path) -> Path:
     elif kind == "palettize":
         op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=int(value), weight_threshold=WEIGHT_THRESHOLD)
         fn = cto.palettize_weights
+    elif kind == "palettize-grouped":
+        op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=int(value), granularity="per_grouped_channel",
+                                           group_size=GROUP_SIZE, weight_threshold=WEIGHT_THRESHOLD)
+        fn = cto.palettize_weights
+    elif kind == "linear-int4-block":
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                                block_size=BLOCK_SIZE, weight_threshold=WEIGHT_THRESHOLD)
+        fn = cto.linear_quantize_weights
     elif kind == "prune":
         op_config = cto.OpMagnitudePrunerConfig(target_sparsity=float(value), weight_threshold=WEIGHT_THRESHOLD)
         fn = cto.prune_weights
     else:
         raise StageError(f"unknown Core ML compression {kind!r} (must be one of {', '.join(COMPRESSIONS)})")
-    with quiet_native((1, 2)):
-        ml = ct.models.MLModel(str(src), skip_model_load=True)
-        compressed = fn(ml, config=cto.OptimizationConfig(global_config=op_config))
-        compressed.save(str(out))
+    try:
+        with quiet_native((1, 2)):
+            ml = ct.models.MLModel(str(src), skip_model_load=True)
+            compressed = fn(ml, config=cto.OptimizationConfig(global_config=op_config))
+            compressed.save(str(out))
+    except (ValueError, NotImplementedError) as exc:  # e.g. an iOS 18 mode on an older deployment target
+        text = str(exc).strip().splitlines()
+        raise StageError(f"Core ML compression {kind} failed: {text[0][:200] if text else exc}") from None
     return out
+
+
+def decompressed_weights(path: Path) -> list[np.ndarray]:
+    """The weights of the compressed package at ``path`` as Core ML will use them: coremltools' own
+    ``decompress_weights`` expands its palettes / blockwise scales (its k-means clusters, not ours)."""
+    ct = _ct()
+    import coremltools.optimize.coreml as cto
+
+    with quiet_native((1, 2)):
+        ml = ct.models.MLModel(str(path), skip_model_load=True)
+        dense = cto.decompress_weights(ml)
+    prog = dense._mil_program
+    if prog is None:
+        raise StageError(f"coremltools did not give the program of {path}")
+    out = []
+    for f in prog.functions.values():
+        for op in f.operations:
+            if op.op_type == "const":
+                v = op.outputs[0].val
+                if v is not None and np.ndim(v) >= 2:
+                    out.append(np.asarray(v, dtype=np.float32))
+    return out
+
+
+_TO_COREML = {4: (3, 2, 0, 1), 2: (1, 0), 3: (2, 1, 0)}  # Keras kernel layout -> Core ML weight layout
+
+
+@contextlib.contextmanager
+def weights_from_package(model: Any, path: Path) -> Iterator[Any]:
+    """Temporarily give ``model``'s kernels the values the compressed package holds (decompressed by
+    coremltools); each kernel takes the package weight of its transposed shape nearest to its own values."""
+    consts = decompressed_weights(path)
+    saved: list[tuple[Any, np.ndarray]] = []
+    try:
+        for var in model.weights:
+            w = np.asarray(var.numpy())
+            perm = _TO_COREML.get(w.ndim)
+            if perm is None or w.size < WEIGHT_THRESHOLD:
+                continue
+            target = w.transpose(perm)
+            same = [c for c in consts if c.shape == target.shape]
+            if not same:
+                continue
+            best = min(same, key=lambda c: float(np.mean(np.abs(c - target))))
+            saved.append((var, w))
+            var.assign(best.transpose(np.argsort(perm)).astype(w.dtype))
+        if not saved:
+            raise StageError(f"no weight of {path.name} matches a kernel of the Keras model")
+        yield model
+    finally:
+        for var, w in saved:
+            var.assign(w)
 
 
 def package_bytes(path: Path) -> int:

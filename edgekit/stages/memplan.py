@@ -56,7 +56,7 @@ def apply(model: bytes, plan: MemoryPlan) -> bytes:
     """
     import flatbuffers
 
-    from edgekit.stages.strip import _AlignedBuffer
+    from edgekit.stages.strip import AlignedBuffer
 
     m = schema_fb.ModelT.InitFromPackedBuf(bytearray(model), 0)
     if len(m.subgraphs or []) != 1:
@@ -83,7 +83,7 @@ def apply(model: bytes, plan: MemoryPlan) -> bytes:
         md.name = METADATA_NAME
         md.buffer = len(m.buffers) - 1
         m.metadata = [*(m.metadata or []), md]
-    m.buffers = [_AlignedBuffer(b) for b in m.buffers]
+    m.buffers = [AlignedBuffer(b) for b in m.buffers]
     builder = flatbuffers.Builder(len(model) + len(data) + 1024)
     builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

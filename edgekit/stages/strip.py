@@ -24,8 +24,10 @@ BUFFER_ALIGNMENT = 16
 VERIFY_SAMPLES = 128  # inputs on which the stripped and original models must agree bit for bit
 
 
-class _AlignedBuffer:
-    """Packs a BufferT with its data vector aligned to BUFFER_ALIGNMENT bytes."""
+class AlignedBuffer:
+    """Packs a BufferT with its data vector aligned to BUFFER_ALIGNMENT bytes, through the flatbuffers
+    Builder's public API only: ``Prep`` pads so that the next ``len(data)`` bytes end on the alignment,
+    then ``CreateNumpyVector`` writes them (its own 1-byte and length-prefix alignment add no padding)."""
 
     def __init__(self, buf: Any) -> None:
         self.buf = buf
@@ -34,11 +36,9 @@ class _AlignedBuffer:
         data_off = None
         data = self.buf.data
         if data is not None and len(data):
-            raw = np.asarray(data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
-            builder.head = builder.head - len(raw)
-            builder.Bytes[builder.head : builder.head + len(raw)] = raw
-            data_off = builder.EndVector()
+            raw = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+            builder.Prep(BUFFER_ALIGNMENT, raw.size)
+            data_off = builder.CreateNumpyVector(raw)
         schema_fb.BufferStart(builder)
         if data_off is not None:
             schema_fb.BufferAddData(builder, data_off)
@@ -83,7 +83,7 @@ def strip_for_micro(data: bytes, bias_quantization: bool = True) -> bytes:
         sg.name = None
         for t in sg.tensors or []:
             t.name = None
-    model.buffers = [_AlignedBuffer(b) for b in model.buffers or []]
+    model.buffers = [AlignedBuffer(b) for b in model.buffers or []]
     builder = flatbuffers.Builder(len(data))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -92,11 +92,12 @@ def strip_for_micro(data: bytes, bias_quantization: bool = True) -> bytes:
 def buffer_alignments(data: bytes) -> list[int]:
     """Byte offset of every non-empty buffer's data in ``data`` (for checks)."""
     model = schema_fb.Model.GetRootAsModel(data, 0)
+    start = np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0]
     offsets = []
     for i in range(model.BuffersLength()):
         b = model.Buffers(i)
         if b.DataLength():
-            offsets.append(b._tab.Vector(b._tab.Offset(4)))
+            offsets.append(int(b.DataAsNumpy().__array_interface__["data"][0] - start))
     return offsets
 
 

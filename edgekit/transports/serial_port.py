@@ -77,20 +77,26 @@ class SerialTransport(Transport):
                 self.port = None
 
     def read(self, n: int, timeout: float) -> bytes:
+        """Block (no polling) until at least one byte arrives or ``timeout`` passes; then take what else is
+        already waiting, up to ``n`` bytes."""
         import serial
 
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                data = self.port.read(n)
-            except (serial.SerialException, OSError) as exc:
-                raise TransportClosed(f"{self.url} closed: {exc}", "the device was unplugged or reset") from None
-            if data:
-                return bytes(data)
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TransportTimeout(f"no data from {self.url} within {timeout:.1f} s",
                                        "is the firmware running and the baud rate right?")
-            time.sleep(0.0005)
+            try:
+                self.port.timeout = left
+                first = self.port.read(1)
+                if not first:
+                    continue  # the port's own timeout ended the wait: the loop checks the deadline
+                self.port.timeout = 0
+                more = self.port.read(n - 1) if n > 1 else b""
+            except (serial.SerialException, OSError) as exc:
+                raise TransportClosed(f"{self.url} closed: {exc}", "the device was unplugged or reset") from None
+            return bytes(first) + bytes(more)
 
     def write(self, data: bytes, timeout: float) -> None:
         import serial

@@ -295,3 +295,31 @@ def test_empty_candidate_list_is_refused(faults: FaultRunner, models: dict[str, 
     faults.error("fit", str(models["keras"]), "-t", "cortex-m4", "--eval", str(models["calib"]), "-o",
                  str(tmp_path / "o"), "--candidates", ",", needle="names no ladder step", max_seconds=20)
     assert not (tmp_path / "o").exists()
+
+
+def test_another_users_run_directory_is_left_alone(tmp_path: Path) -> None:
+    """A shared $TMPDIR holds other users' run directories (0700): unreadable to us, never an error, never
+    removed."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="edgekit-shared-tmp-", dir="/tmp"))  # reachable by every user
+    shared.chmod(0o1777)
+    theirs = shared / "edgekit-run-1-abcdef"
+    theirs.mkdir()
+    (theirs / ".edgekit-owner").write_text("1 1\n")
+    theirs.chmod(0o700 if os.geteuid() == 0 else 0o000)
+    env = {**os.environ, "TMPDIR": str(shared), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "edgekit", "targets", "list"]
+    if os.geteuid() == 0:  # root reads everything: be another user for the run
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux)")
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        theirs.chmod(0o700)
+        assert theirs.is_dir() and (theirs / ".edgekit-owner").is_file()
+        assert sorted(p.name for p in shared.iterdir()) == [theirs.name]  # and the run cleaned up after itself
+    finally:
+        theirs.chmod(0o700)
+        shutil.rmtree(shared, ignore_errors=True)

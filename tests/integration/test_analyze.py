@@ -109,9 +109,42 @@ def test_unsupported_op_listed_exactly(models: dict[str, Path]) -> None:
     # the phone CPU runs every builtin
     phone = json.loads(run_cli("analyze", str(models["topk"]), "-t", "android-arm64-cpu", "--json").stdout)
     assert phone["unsupported_ops"] == [] and phone["fits"] is True
-    # ... the GPU delegate does not take TOPK_V2
-    gpu = json.loads(run_cli("analyze", str(models["topk"]), "-t", "android-gpu", "--json").stdout)
-    assert gpu["unsupported_ops"] == ["TOPK_V2"]
+    # ... the GPU delegate does not take TOPK_V2: on a phone it runs on the CPU, a warning and not a verdict
+    proc = run_cli("analyze", str(models["topk"]), "-t", "android-gpu", "--json")
+    gpu = json.loads(proc.stdout)
+    assert proc.returncode == 0 and gpu["fits"] is True and gpu["unsupported_ops"] == []
+    assert gpu["delegation"] == {"delegate": "gpu", "operators": 1, "delegated": 0, "partitions": 0,
+                                 "on_cpu": [{"index": 0, "op": "TOPK_V2",
+                                             "reason": "operator not supported by the gpu delegate"}]}
+    assert any(n.startswith("WARNING: gpu delegate: 0 of 1 operators delegated") for n in gpu["notes"])
+
+
+def test_full_delegation_can_be_required(models: dict[str, Path], tmp_path: Path) -> None:
+    strict = tmp_path / "gpu-strict.toml"
+    strict.write_text('schema_version = 1\ninherit = "android-gpu"\ndescription = "GPU only"\n'
+                      "[ops]\nrequire_full_delegation = true\n")
+    proc = run_cli("analyze", str(models["topk"]), "-t", str(strict), "--json")
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 1 and out["budgets"]["delegation"]["fits"] is False
+    assert out["unsupported_ops"] == ["TOPK_V2"]
+    ok = run_cli("analyze", str(models["float"]), "-t", str(strict), "--json")  # the CNN: all delegated
+    doc = json.loads(ok.stdout)
+    assert ok.returncode == 0 and doc["delegation"]["on_cpu"] == [] and doc["delegation"]["partitions"] == 1
+
+
+def test_gpu_ram_counts_dequantized_weights_apart(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit import intake
+    from edgekit.analysis.graph import read_graph
+    from edgekit.stages import quantize
+
+    fp16 = tmp_path / "fp16.tflite"
+    fp16.write_bytes(quantize.convert(intake.load(models["keras"]), "float16"))
+    g = read_graph(fp16.read_bytes())
+    assert g.dequantized_weight_bytes >= 52_000 * 4  # the CNN's weights, as float32 once dequantized
+    out = json.loads(run_cli("analyze", str(fp16), "-t", "android-gpu", "--json").stdout)
+    float_out = json.loads(run_cli("analyze", str(models["float"]), "-t", "android-gpu", "--json").stdout)
+    assert out["ram_bytes"] == float_out["ram_bytes"]  # the same activations as the float32 model
+    assert any(n.startswith(f"weights apart: {g.dequantized_weight_bytes:,} B") for n in out["notes"])
 
 
 def test_mobile_ram_is_peak_activation(models: dict[str, Path]) -> None:
@@ -180,3 +213,22 @@ def test_coreml_target_measures_mlpackage(models: dict[str, Path]) -> None:
     # fp16 weights: about half the float32 weight bytes, plus the package's own files
     float_weights = (320 + 18_496 + 32_896 + 1_290) * 4
     assert float_weights / 2 <= out["flash_bytes"] < float_weights
+
+
+def test_check_an_mlpackage_says_what_it_checked(models: dict[str, Path], tmp_path: Path) -> None:
+    from edgekit import intake
+    from edgekit.profiles import load_profile
+    from edgekit.stages import coreml
+
+    art = intake.load(models["keras"])
+    pkg = coreml.convert(art, load_profile("ios-ane"), tmp_path / "m.mlpackage")
+    proc = run_cli("check", str(pkg), "-t", "ios-ane", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    # RAM from the Core ML program: at least the largest fp16 activation (8x8x32 after the first conv)
+    assert out["ram_kind"].startswith("estimate") and out["ram_bytes"] >= 8 * 8 * 32 * 2
+    assert "ram" in out["budgets"] and any(n.startswith("checked: the package's size") for n in out["notes"])
+    from tests.unit.test_core_install import CORE
+
+    core = run_cli("check", str(pkg), "-t", "ios-ane", env=CORE)  # no coremltools: said, not guessed as 0
+    assert core.returncode == 0 and "ram not checked" in core.stdout, core.stdout + core.stderr

@@ -49,6 +49,7 @@ def _connect(env: dict[str, str], serial: str) -> None:
 def _stand_in(tmp_path: Path, output: str) -> Path:
     script = tmp_path / "benchmark_model"
     script.write_text("#!/bin/sh\n# stand-in for TFLite's benchmark_model: prints its real output format\n"
+                      'echo "$@" >> "$(dirname "$0")/.invocations"\n'
                       f"cat <<'EOF'\n{(DATA / output).read_text()}EOF\n")
     return script
 
@@ -78,6 +79,11 @@ def test_bench_over_adb(models: dict[str, Path], adb_env: dict[str, str], tmp_pa
     assert r["parsed"]["inference_avg_us"] == 105.2 and r["within_budget"] is True
     left = sorted(p.name for p in dev.sandbox.iterdir() if not p.name.startswith("."))
     assert left == []  # what was pushed is removed
+    # the timed run has no op profiling inside it; the per-op table comes from a separate short run
+    timed, profiled = (dev.sandbox / ".invocations").read_text().splitlines()
+    assert "--enable_op_profiling" not in timed and "--num_runs=50" in timed
+    assert "--enable_op_profiling=true" in profiled and "--num_runs=10" in profiled
+    assert r["parsed"]["ops"] and any("separate profiling run" in n for n in r["notes"])
     dev.stop()
 
 

@@ -42,13 +42,17 @@ def test_fit_cortex_m4_int8_stripped_and_measured(digits: dict[str, Path], tmp_p
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["float32", "int16x8", "int8"]  # least to most aggressive
+    assert names == ["float32", "int16x8", "int8", "int8-per-tensor"]  # least to most aggressive
     for c in report["candidates"]:
         assert c["error"] == "" and c["metric"] is not None, c
         assert c["evaluated_on"].startswith("TFLM host interpreter")
         assert c["ram_kind"] == "tflm-arena" and c["ram_bytes"] > 0
-    assert report["winner"] == "int8" and report["fits"] is True
-    winner = next(c for c in report["candidates"] if c["name"] == "int8")
+    # one scale per tensor: no per-channel multipliers in flash or in the arena (the smallest here)
+    by = {c["name"]: c for c in report["candidates"]}
+    assert by["int8-per-tensor"]["flash_bytes"] < by["int8"]["flash_bytes"]
+    assert by["int8-per-tensor"]["ram_bytes"] < by["int8"]["ram_bytes"]
+    assert report["winner"] == "int8-per-tensor" and report["fits"] is True
+    winner = by["int8-per-tensor"]
     model = out / "model.tflite"
     assert model.stat().st_size == winner["flash_bytes"]
     # stripped for the microcontroller, verified bit-exact, and at least 3.6x under the float .tflite
@@ -66,11 +70,12 @@ def test_fit_cortex_m4_int8_stripped_and_measured(digits: dict[str, Path], tmp_p
 
     z = np.load(digits["eval"])
     assert get_metric("top1")(z["y"], run_tflm(model.read_bytes(), z["x"])) == pytest.approx(winner["metric"])
-    assert (out / "report.md").read_text().count("| int8 |") == 1
+    assert (out / "report.md").read_text().count("| int8-per-tensor |") == 1
+    assert report["layer_errors"]["layers"], "the int8 candidate's per-layer error is always computed"
     import xml.etree.ElementTree as ET
 
     svg = ET.fromstring((out / "candidates.svg").read_text())
-    assert len(svg.findall(".//{http://www.w3.org/2000/svg}circle")) == 3
+    assert len(svg.findall(".//{http://www.w3.org/2000/svg}circle")) == 4
     assert "WINNER" in proc.stdout
 
 
@@ -164,9 +169,10 @@ def test_nothing_fits_shows_closest_and_overrun(digits: dict[str, Path], tmp_pat
     out = tmp_path / "tiny"
     proc = _fit(digits, str(DATA / "targets" / "valid_tiny_board.toml"), out, cache)
     assert proc.returncode == 1, proc.stderr
-    assert "NOTHING FITS" in proc.stdout and "closest: int8" in proc.stdout and "flash over by" in proc.stdout
+    assert "NOTHING FITS" in proc.stdout and "closest: int8-per-tensor" in proc.stdout
+    assert "flash over by" in proc.stdout
     report = json.loads((out / "report.json").read_text())
-    assert report["fits"] is False and report["winner"] is None and report["closest"] == "int8"
+    assert report["fits"] is False and report["winner"] is None and report["closest"] == "int8-per-tensor"
     assert (out / "closest.tflite").is_file() and not (out / "model.tflite").exists()
 
 
@@ -223,7 +229,7 @@ def test_bad_eval_data(case: str, digits: dict[str, Path], tmp_path: Path, cache
 @pytest.mark.parametrize("args, needle", [
     (["--max-drop", "-1"], "must be a finite number >= 0"),
     (["--max-drop", "lots"], "is not a number"),
-    (["--level", "2"], "--level 2 is not available yet"),
+    (["--level", "3"], "--level 3 is not available yet"),
     (["--metric", "nosuchmodule:f"], "cannot load metric"),
 ])
 def test_bad_options(args: list[str], needle: str, digits: dict[str, Path], tmp_path: Path,

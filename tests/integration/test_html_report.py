@@ -78,7 +78,8 @@ def test_fit_report_renders(models: dict[str, Path], tmp_path: Path, monkeypatch
     dom = render(page, tmp_path, "report-fit")
     assert_rendered(dom)
     assert "WINNER" in dom and "<svg" in dom and "Candidates" in dom
-    assert dom.count("<circle") == 3  # the candidates plot, inline
+    assert dom.count("<circle") == 4  # the candidates plot, inline: float32, int16x8, int8, int8-per-tensor
+    assert "int8 layer 1:" in dom  # the per-layer error, worst first
 
 
 def test_bench_report_renders(models: dict[str, Path], tmp_path: Path) -> None:

@@ -55,15 +55,32 @@ def test_missing_model(tmp_path: Path) -> None:
                            "does not exist")
 
 
-def test_unreadable_model(tmp_path: Path) -> None:
+def test_unreadable_model() -> None:
     import os
+    import shutil
+    import tempfile
 
-    if os.geteuid() == 0:
-        pytest.skip("running as root: file permissions do not stop reads")
-    p = tmp_path / "m.tflite"
-    p.write_bytes(b"x")
-    p.chmod(0)
-    _assert_one_line_error(run_cli("analyze", str(p), "-t", "cortex-m4"), "not readable")
+    # root reads any file: then the CLI runs as 'nobody' (setpriv), for whom permissions do apply
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): file permissions do not stop reads")
+    folder = Path(tempfile.mkdtemp(prefix="edgekit-perm-"))
+    try:
+        folder.chmod(0o755)
+        p = folder / "m.tflite"
+        p.write_bytes(b"x")
+        p.chmod(0)
+        if os.geteuid() == 0:
+            import sys
+
+            proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-m", "edgekit", "analyze", str(p), "-t", "cortex-m4"], capture_output=True,
+                                  text=True, timeout=120, check=False,
+                                  env={**os.environ, "HOME": str(folder), "TMPDIR": str(folder)})
+        else:
+            proc = run_cli("analyze", str(p), "-t", "cortex-m4")
+        _assert_one_line_error(proc, "not readable")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_truncated_tflite(tmp_path: Path) -> None:
@@ -151,3 +168,15 @@ def test_json_errors_are_one_object_on_stdout(tmp_path: Path) -> None:
         assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [f"edgekit: error: {doc['error']}"
                                                                           + (f" (hint: {doc['hint']})"
                                                                              if doc["hint"] else "")]
+
+
+def test_every_subcommand_takes_debug_and_lists_its_exit_codes() -> None:
+    from edgekit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "--debug" in text and "exit codes: 0" in text, name
+    proc = run_cli("analyze", "/nonexistent.tflite", "-t", "cortex-m4", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr  # --debug after the subcommand works

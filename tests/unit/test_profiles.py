@@ -24,7 +24,7 @@ def test_shipped_profiles_resolve(name: str) -> None:
     assert p.runtime in profiles.RUNTIMES
     assert p.dtypes
     assert p.allow_all_builtin or p.ops
-    assert p.transport in ("serial", "adb")
+    assert p.transport in ("serial", "adb", "none")
 
 
 def test_list_excludes_abstract_base() -> None:
