@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print report.json instead of the table")
     f.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    f.add_argument("--device", metavar="PORT|adb|qemu",
+                   help="measure the finalists there and rank by that (the report shows estimate vs measurement): "
+                        "qemu = the firmware for the target's core under QEMU ($TFLM_ROOT; instruction counts); adb "
+                        "= a phone with --benchmark-binary; a serial port or URL = a board, each finalist put there "
+                        "by --flash-cmd. Without it, Cortex-M candidates are ranked on QEMU when the ranking needs a "
+                        "latency and $TFLM_ROOT allows, else by the estimate (labelled)")
+    f.add_argument("--flash-cmd", metavar="CMD",
+                   help="--device PORT: the command that puts a finalist on the board, {model} its .tflite (e.g. "
+                        "'make -C fw MODEL={model} flash')")
+    f.add_argument("--benchmark-binary", help="--device adb: TFLite's benchmark_model built for the phone")
+    f.add_argument("--serial", help="--device adb: the phone's serial (needed when several are attached)")
+    f.add_argument("--baud", type=_whole(1), help="--device PORT: baud rate (default: the profile's)")
 
     c = sub.add_parser("codegen", help="C array, model settings and op resolver for a TFLM target")
     c.add_argument("model", help="the deployable .tflite (e.g. from edgekit fit)")
@@ -320,11 +332,14 @@ def _candidates(text: str | None) -> list[str] | None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from edgekit.fitting import fit
+    from edgekit.fitting.measured import Device
 
+    device = (Device(args.device, benchmark_binary=args.benchmark_binary, adb_serial=args.serial,
+                     flash_cmd=args.flash_cmd, baud=args.baud) if args.device else None)
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output, latency=args.latency,
                  force=args.force, use_cache=not args.no_cache, quiet=args.json, input_shape=args.input_shape,
-                 only=_candidates(args.candidates))
+                 only=_candidates(args.candidates), device=device)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
