@@ -164,7 +164,14 @@ def _firmware(path: str | os.PathLike[str] | None, profile: TargetProfile) -> tu
 
     if not profile.is_tflm:
         raise DataError(f"--firmware is a microcontroller image; target {profile.name} runs {profile.runtime}")
-    return read_elf(Path(path))
+    p = Path(path)
+    if p.is_dir():  # a scaffold's build folder (or the project, built in build/)
+        found = [c for c in (p / "firmware.elf", p / "build" / "firmware.elf") if c.is_file()]
+        if not found:
+            raise DataError(f"--firmware {p} is a folder without firmware.elf (nor build/firmware.elf)",
+                            "build the scaffold first (cmake -B build ... && cmake --build build), or pass the ELF")
+        p = found[0]
+    return read_elf(p)
 
 
 def _measure_qemu(report: AnalysisReport, profile: TargetProfile, use_cache: bool, keep_flash: bool) -> None:

@@ -230,9 +230,9 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="qemu: build the firmware for the target's core against $TFLM_ROOT and run it under "
                         "qemu-system-arm -icount shift=0: the arena that really allocates, time per operator and "
                         "the firmware's exact flash replace the host figures (builds cached by model and target)")
-    p.add_argument("--firmware", metavar="ELF",
-                   help="a linked firmware of this model: its .text+.data replaces the estimated model + runtime "
-                        "code in the flash budget")
+    p.add_argument("--firmware", metavar="ELF|DIR",
+                   help="a linked firmware of this model (the ELF, or a built scaffold's build folder): its "
+                        ".text+.data replaces the estimated model + runtime code in the flash budget")
     p.add_argument("--no-cache", action="store_true", help="with --measure: build and measure afresh")
 
 

@@ -80,7 +80,7 @@ PATH_SETTINGS = (
 OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
-                  "edgekit.measure.build", "edgekit.measure.qemu")
+                  "edgekit.measure.build", "edgekit.measure.qemu", "edgekit.fitting.measured")
 
 
 def all_options() -> list[Option]:

@@ -205,7 +205,7 @@ def tables() -> tuple[CodeSizeTable, ...]:
 
 
 def kernels_of(profile: TargetProfile) -> str:
-    return str(profile.values.get("runtime.kernels", "cmsis_nn"))
+    return profile.kernels
 
 
 def find_table(profile: TargetProfile) -> tuple[CodeSizeTable | None, str | None]:

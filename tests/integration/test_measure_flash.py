@@ -70,6 +70,16 @@ def test_a_linked_firmware_replaces_the_estimate(models: dict[str, Path], tmp_pa
     assert flash["parts"] == {"model": model.stat().st_size, "runtime code + application": text + data -
                               model.stat().st_size}
     assert not any("does not hold this model" in n for n in out["notes"])
+    # a built scaffold's folder (its build/firmware.elf) is taken as well; a folder without one is refused
+    (tmp_path / "build").mkdir()
+    shutil.copyfile(tmp_path / "fw.elf", tmp_path / "build" / "firmware.elf")
+    folder = json.loads(run_cli("analyze", str(model), "-t", "cortex-m4", "--firmware", str(tmp_path), "--json").stdout)
+    assert folder["budgets"]["flash"]["used"] == text + data
+    empty = run_cli("check", str(model), "-t", "cortex-m4", "--firmware", str(tmp_path / "build" / "..") + "/nothing")
+    assert empty.returncode == 2
+    (tmp_path / "none").mkdir()
+    none = run_cli("check", str(model), "-t", "cortex-m4", "--firmware", str(tmp_path / "none"))
+    assert none.returncode == 2 and "is a folder without firmware.elf" in none.stderr
     # an image of something else is measured all the same, and said to be
     other = json.loads(run_cli("analyze", str(model), "-t", "cortex-m4", "--firmware", str(tmp_path / "main.c"),
                                "--json").stdout)
