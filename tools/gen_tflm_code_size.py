@@ -189,7 +189,8 @@ def app_bytes(table: CodeSizeTable, tflm: Path, lib: Path, model: Path, work: Pa
     from edgekit.codegen.scaffold import scaffold
 
     profile = work / "app-core.toml"
-    profile.write_text(f'schema_version = 1\ninherit = "{PROFILE_OF[table.arch]}"\n[memory]\nboot_header_size = 0\n')
+    profile.write_text(f'schema_version = 1\ninherit = "{PROFILE_OF[table.arch]}"\n'
+                       f'[runtime]\nkernels = "{table.kernels}"\n[memory]\nboot_header_size = 0\n')
     project, build = work / "app-fw", work / "app-build"
     scaffold(model, str(profile), "cmake", project, name="app", allow_over_budget=True, force=True)
     var = "TFLM_LIB_" + re.sub(r"[^A-Za-z0-9_]", "_", table.arch)

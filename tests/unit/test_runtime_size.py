@@ -189,3 +189,20 @@ def test_a_board_changes_its_chip_and_the_budget_follows(tmp_path: Path) -> None
     bad.write_text('schema_version = 1\ninherit = "cortex-m4"\n[runtime]\nkernels = "fast"\n')
     with pytest.raises(ProfileError, match=r"runtime.kernels = 'fast' \(must be one of cmsis_nn, reference"):
         profiles.load_profile(bad)
+
+
+def test_reference_kernels_have_their_own_measured_table(tmp_path: Path) -> None:
+    """runtime.kernels = "reference" counts TFLM's reference kernels (measured for the Cortex-M4F), not
+    CMSIS-NN's; a core without a reference table borrows the nearest one's and says so."""
+    board = tmp_path / "ref.toml"
+    board.write_text('schema_version = 1\ninherit = "cortex-m4"\n[runtime]\nkernels = "reference"\n')
+    ref = runtime_size.estimate(["CONV_2D", "SOFTMAX"], profiles.load_profile(board))
+    cmsis = runtime_size.estimate(["CONV_2D", "SOFTMAX"], profiles.load_profile("cortex-m4"))
+    assert ref is not None and cmsis is not None and ref.borrowed_from is None
+    assert "reference kernels" in ref.table and "CMSIS-NN" in cmsis.table
+    # CMSIS-NN's convolution brings its own optimized paths on top of what TFLM's kernel needs
+    assert ref.per_op["CONV_2D"] < cmsis.per_op["CONV_2D"]
+    m7 = tmp_path / "m7ref.toml"
+    m7.write_text('schema_version = 1\ninherit = "cortex-m7"\n[runtime]\nkernels = "reference"\n')
+    borrowed = runtime_size.estimate(["CONV_2D"], profiles.load_profile(m7))
+    assert borrowed is not None and borrowed.borrowed_from == "cortex-m7" and "cortex-m4+fp" in borrowed.kind
