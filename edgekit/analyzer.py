@@ -12,10 +12,14 @@ from typing import Any
 from edgekit import data as data_mod
 from edgekit import intake
 from edgekit.analysis import compat
+from edgekit.analysis.elf_size import ElfSizes
 from edgekit.analysis.graph import Graph, read_graph
-from edgekit.analysis.verdict import Budget, TflmAssessment, assess_tflm, budgets, hopeless
-from edgekit.errors import DataError, EdgekitError, ModelError
+from edgekit.analysis.runtime_size import RuntimeCode
+from edgekit.analysis.verdict import Budget, TflmAssessment, assess_tflm, budgets, hopeless, runtime_note
+from edgekit.errors import DataError, EdgekitError, MeasurementError, ModelError
 from edgekit.profiles import TargetProfile, load_profile
+
+MEASURES = ("qemu",)
 
 __all__ = ["AnalysisReport", "Budget", "analyze"]
 
@@ -40,6 +44,9 @@ class AnalysisReport:
     arena_measured: int | None = None  # TFLM targets: the arena the host TFLM interpreter allocated
     blockers: list[str] = field(default_factory=list)  # TFLM targets: why TFLM cannot run the model
     params_estimate: int | None = None  # the model was not converted: its parameter count
+    runtime_code: RuntimeCode | None = None  # TFLM targets: TFLM's code for the model's operators (estimate)
+    firmware: ElfSizes | None = None  # a built firmware whose .text+.data replaced the flash estimate
+    measurement: Any = None  # edgekit.measure.qemu.QemuMeasurement with --measure qemu
     delegation: dict[str, Any] | None = None  # LiteRT GPU/NNAPI targets: which operators the delegate takes
 
     @property
@@ -67,6 +74,9 @@ class AnalysisReport:
             "unsupported": [{"constraint": f.constraint, "reason": f.reason, "items": list(f.items)}
                             for f in self.findings],
             "budgets": {b.name: b.to_dict() for b in self.budgets},
+            "runtime_code": self.runtime_code.to_dict() if self.runtime_code is not None else None,
+            "firmware": {"path": self.firmware.path, **self.firmware.to_dict()} if self.firmware is not None else None,
+            "measurement": self.measurement.to_dict() if self.measurement is not None else None,
             "blockers": self.blockers,
             "calibration": self.calibration,
             "arena": self.arena,
@@ -103,12 +113,27 @@ def _deployable(art: intake.Artifact, profile: TargetProfile, calib_path: str | 
 
 
 def analyze(model: str | os.PathLike[str], target: str | TargetProfile, calib: str | None = None,
-            input_shape: str | Sequence[int] | None = None) -> AnalysisReport:
+            input_shape: str | Sequence[int] | None = None, firmware: str | os.PathLike[str] | None = None,
+            measure: str | None = None, use_cache: bool = True) -> AnalysisReport:
     """Analyze ``model`` against ``target`` (a profile name, path, or TargetProfile).
 
     ``input_shape`` (e.g. "1,96,96,3") fixes the input dimensions a source model leaves dynamic.
+    ``firmware``: a linked image of this model whose ``.text + .data`` replaces the flash estimate.
+    ``measure="qemu"`` (TFLM targets, needs ``TFLM_ROOT``): build the firmware for the profile's core and
+    measure it under QEMU (:mod:`edgekit.measure`): the arena that really allocates, the time per operator
+    and the firmware's exact sizes replace the host figures.
     """
     profile = target if isinstance(target, TargetProfile) else load_profile(target)
+    elf = _firmware(firmware, profile)
+    if measure is not None and measure not in MEASURES:
+        raise DataError(f"--measure {measure!r} is not a measurement edgekit makes", "use --measure qemu")
+    if measure is not None and not profile.is_tflm:
+        raise DataError(f"--measure {measure} builds TFLM firmware; target {profile.name} runs {profile.runtime}",
+                        "for phones: edgekit bench --adb")
+    if measure == "qemu":
+        from edgekit.measure.build import preflight
+
+        preflight(profile)  # TFLM_ROOT, its library for the core, the tools: before any conversion
     if Path(model).suffix == ".mlpackage" and Path(model).is_dir():
         if calib:
             raise DataError(f"--calib is for float source models; {model} is an already converted .mlpackage",
@@ -124,9 +149,64 @@ def analyze(model: str | os.PathLike[str], target: str | TargetProfile, calib: s
     art = intake.load(model, input_shape=input_shape)
     notes: list[str] = list(art.notes)
     try:
-        return _analyze(art, profile, calib, notes)
+        report = _analyze(art, profile, calib, notes, elf)
     finally:
         art.cleanup()
+    if measure == "qemu":
+        _measure_qemu(report, profile, use_cache, keep_flash=elf is not None)
+    return report
+
+
+def _firmware(path: str | os.PathLike[str] | None, profile: TargetProfile) -> tuple[bytes, ElfSizes] | None:
+    if path is None:
+        return None
+    from edgekit.analysis.elf_size import read_elf
+
+    if not profile.is_tflm:
+        raise DataError(f"--firmware is a microcontroller image; target {profile.name} runs {profile.runtime}")
+    p = Path(path)
+    if p.is_dir():  # a scaffold's build folder (or the project, built in build/)
+        found = [c for c in (p / "firmware.elf", p / "build" / "firmware.elf") if c.is_file()]
+        if not found:
+            raise DataError(f"--firmware {p} is a folder without firmware.elf (nor build/firmware.elf)",
+                            "build the scaffold first (cmake -B build ... && cmake --build build), or pass the ELF")
+        p = found[0]
+    return read_elf(p)
+
+
+def _measure_qemu(report: AnalysisReport, profile: TargetProfile, use_cache: bool, keep_flash: bool) -> None:
+    """Replace the host's arena and the estimated flash with what the firmware does on QEMU's core."""
+    from edgekit.analysis.verdict import flash_budget
+    from edgekit.measure.qemu import measure_qemu
+
+    if report.deployable is None or report.arena_measured is None:
+        why = "; ".join(report.blockers) or "; ".join(n for n in report.notes if "not measured" in n) or "no arena"
+        raise MeasurementError(f"--measure qemu: the TFLM interpreter cannot run this model ({why})",
+                               "analyze without --measure says what to change")
+    m = measure_qemu(report.deployable, profile, report.ram_bytes, use_cache)
+    report.measurement = m
+    ram = Budget("ram", profile.ram_bytes, m.arena_min, "bytes",
+                 f"tflm-arena measured on QEMU {m.machine} ({m.core}, {m.kernels}): the smallest that allocates")
+    lines = {b.name: b for b in report.budgets}
+    lines["ram"] = ram
+    report.ram_bytes, report.ram_kind = m.arena_min, "tflm-arena (QEMU)"
+    if not keep_flash:
+        fw = ElfSizes(f"the {m.core} firmware built for QEMU", m.firmware["text"], m.firmware["data"],
+                      m.firmware["bss"])
+        kind = lines["flash"].note
+        lines["flash"] = flash_budget(profile, report.graph, report.flash_bytes, kind, fw)[0]
+        report.firmware = fw
+    report.budgets = [lines[b.name] for b in report.budgets]
+    report.notes = [n for n in report.notes if not n.startswith(("arena measured with the host", "runtime code "))]
+    if report.runtime_code is not None:
+        est, parts = report.runtime_code.bytes, m.flash_parts
+        real = parts["tflm"] + parts["c_library"]
+        report.notes.append(f"runtime code: estimated {est:,} B ({report.runtime_code.table}); in this firmware TFLM "
+                            f"{parts['tflm']:,} B + C library {parts['c_library']:,} B = {real:,} B "
+                            f"({(est - real) / max(real, 1) * 100:+.1f}%)")
+    report.notes.append(f"arena and times measured on QEMU {m.machine} ({m.machine_note}), TFLM {m.kernels} "
+                        f"({m.tflm_library}){'; from the measurement cache' if m.cached else ''}")
+    report.notes.extend(m.notes)
 
 
 def _check_given_tflite(art: intake.Artifact, graph: Graph, calib: str | None) -> None:
@@ -194,7 +274,7 @@ def _hopeless_report(source: str, profile: TargetProfile, params: int, notes: li
 
 
 def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
-             notes: list[str]) -> AnalysisReport:
+             notes: list[str], elf: tuple[bytes, ElfSizes] | None = None) -> AnalysisReport:
     from edgekit.stages import quantize
 
     if profile.runtime == "coreml":
@@ -243,13 +323,26 @@ def _analyze(art: intake.Artifact, profile: TargetProfile, calib: str | None,
         arena["memory_plan"] = _memory_plan(tfl, graph, tflm.arena.head_bytes, notes)
     if profile.latency_ms is not None:
         notes.append(f"latency budget {profile.latency_ms} ms is checked by `edgekit bench`, not analyze")
+    from edgekit.analysis import runtime_size
+
+    code = runtime_size.estimate(graph.ops, profile) if profile.is_tflm else None
+    said = runtime_note(profile, code)
+    if said and elf is None:
+        notes.append(said)
+    fw = None
+    if elf is not None:
+        blob, fw = elf
+        if blob.find(tfl) < 0:
+            notes.append(f"{fw.path} does not hold this model's exact bytes (another model, or a copy with an embedded "
+                         "memory plan): the model part of its flash is this model's size")
     return AnalysisReport(
         model=str(art.source), target=profile.name, runtime=profile.runtime, artifact_kind=artifact_kind,
         flash_bytes=len(tfl), ram_bytes=ram, ram_kind=ram_kind, graph=graph,
-        budgets=budgets(profile, graph, len(tfl), kind, ram_budget, blockers),
+        budgets=budgets(profile, graph, len(tfl), kind, ram_budget, blockers, firmware=fw),
         unsupported_ops=unsupported, findings=findings, calibration=calib_label,
         arena=arena, notes=notes, deployable=tfl, arena_measured=tflm.measured if tflm is not None else None,
-        blockers=blockers, delegation=coverage.to_dict() if coverage is not None else None,
+        blockers=blockers, runtime_code=code, firmware=fw,
+        delegation=coverage.to_dict() if coverage is not None else None,
     )
 
 

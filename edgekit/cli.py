@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--calib", help="calibration data (.npy, .npz with x/y, or an image folder)")
     a.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    _measure_args(a)
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.add_argument("-o", "--output", help="also write report.txt, report.json and a self-contained report.html "
                    "(per-layer memory bars, tensors live at the peak, budgets) into this directory")
@@ -97,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print report.json instead of the table")
     f.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    f.add_argument("--device", metavar="PORT|adb|qemu",
+                   help="measure the finalists there and rank by that (the report shows estimate vs measurement): "
+                        "qemu = the firmware for the target's core under QEMU ($TFLM_ROOT; instruction counts); adb "
+                        "= a phone with --benchmark-binary; a serial port or URL = a board, each finalist put there "
+                        "by --flash-cmd. Without it, Cortex-M candidates are ranked on QEMU when the ranking needs a "
+                        "latency and $TFLM_ROOT allows, else by the estimate (labelled)")
+    f.add_argument("--flash-cmd", metavar="CMD",
+                   help="--device PORT: the command that puts a finalist on the board, {model} its .tflite (e.g. "
+                        "'make -C fw MODEL={model} flash')")
+    f.add_argument("--benchmark-binary", help="--device adb: TFLite's benchmark_model built for the phone")
+    f.add_argument("--serial", help="--device adb: the phone's serial (needed when several are attached)")
+    f.add_argument("--baud", type=_whole(1), help="--device PORT: baud rate (default: the profile's)")
 
     c = sub.add_parser("codegen", help="C array, model settings and op resolver for a TFLM target")
     c.add_argument("model", help="the deployable .tflite (e.g. from edgekit fit)")
@@ -179,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--calib", help="calibration data for a float model")
     k.add_argument("--input-shape", metavar="DIMS",
                    help="fix dynamic input dimensions, e.g. 1,96,96,3 (batch first) or 96,96,3")
+    _measure_args(k)
     k.add_argument("--json", action="store_true", help="print one JSON object")
 
     cf = sub.add_parser("config", help="every EDGEKIT_* setting: its value, where it came from, what it does")
@@ -226,6 +240,18 @@ def _conventions(sub: Any) -> None:
                             help="show tracebacks on errors")
         parser.epilog = (f"exit codes: {EXITS[name]}; 130/143 interrupted or terminated"
                          if name in EXITS else None)
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    """analyze's and check's options that replace estimates with measurements (TFLM targets)."""
+    p.add_argument("--measure", choices=["qemu"],
+                   help="qemu: build the firmware for the target's core against $TFLM_ROOT and run it under "
+                        "qemu-system-arm -icount shift=0: the arena that really allocates, time per operator and "
+                        "the firmware's exact flash replace the host figures (builds cached by model and target)")
+    p.add_argument("--firmware", metavar="ELF|DIR",
+                   help="a linked firmware of this model (the ELF, or a built scaffold's build folder): its "
+                        ".text+.data replaces the estimated model + runtime code in the flash budget")
+    p.add_argument("--no-cache", action="store_true", help="with --measure: build and measure afresh")
 
 
 def _non_negative(text: str) -> float:
@@ -305,7 +331,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from edgekit.analyzer import analyze
     from edgekit.report.text import render_analysis
 
-    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
+                     measure=args.measure, use_cache=not args.no_cache)
     if args.output is not None:
         from edgekit.codegen.render import write_tree
         from edgekit.report.html import analysis_html
@@ -334,11 +361,14 @@ def _candidates(text: str | None) -> list[str] | None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from edgekit.fitting import fit
+    from edgekit.fitting.measured import Device
 
+    device = (Device(args.device, benchmark_binary=args.benchmark_binary, adb_serial=args.serial,
+                     flash_cmd=args.flash_cmd, baud=args.baud) if args.device else None)
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output, latency=args.latency,
                  force=args.force, use_cache=not args.no_cache, quiet=args.json, input_shape=args.input_shape,
-                 only=_candidates(args.candidates), train=args.train)
+                 only=_candidates(args.candidates), train=args.train, device=device)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -499,22 +529,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
     _prestart_tflm(args)
     from edgekit.analyzer import analyze
 
-    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape)
+    report = analyze(args.model, args.target, calib=args.calib, input_shape=args.input_shape, firmware=args.firmware,
+                     measure=args.measure, use_cache=not args.no_cache)
     if args.json:
         d = report.to_dict()
         d.pop("layers", None)
         print(json.dumps(d, indent=2))
     else:
-        over = [f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
+        over = [f"{b.name} {b.used:,} > {b.limit:,} by {-b.margin:,}"
+                f"{' (' + '; '.join(x for x in (b.parts_text, b.note) if x) + ')' if b.parts_text or b.note else ''}"
+                if b.unit == "bytes" and b.name == "flash" else
+                f"{b.name} {b.used:,} > {b.limit:,}{' (' + b.note + ')' if b.note else ''}"
                 for b in report.budgets if not b.fits]
         status = "ok" if report.fits else "OVER BUDGET: " + "; ".join(over)
-        if report.arena_measured is not None:
+        if report.measurement is not None:
+            ram = f"ram {report.ram_bytes:,} B arena measured on QEMU {report.measurement.machine}"
+        elif report.arena_measured is not None:
             ram = f"ram {report.ram_bytes:,} B reserved arena (measured {report.arena_measured:,} B + margin)"
         elif report.ram_kind in ("not measured", "not checked"):
             ram = f"ram {report.ram_kind}"
         else:
             ram = f"ram {report.ram_bytes:,} B {report.ram_kind}"
-        print(f"edgekit check {report.target}: {status} (flash {report.flash_bytes:,} B, {ram})")
+        flash_line = next((b for b in report.budgets if b.name == "flash"), None)
+        flash = (f"flash {flash_line.used:,} B = {flash_line.parts_text}" if flash_line is not None and
+                 flash_line.parts_text else f"flash {report.flash_bytes:,} B")
+        print(f"edgekit check {report.target}: {status} ({flash}, {ram})")
     return EXIT_OK if report.fits else EXIT_OVER
 
 

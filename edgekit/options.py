@@ -71,12 +71,17 @@ PATH_SETTINGS = (
                 "where fit caches its candidates"),
     PathSetting("EDGEKIT_TARGETS_PATH", "", "extra folders of target profiles (.toml), os.pathsep-separated, "
                                             "searched after the built-in targets/"),
+    PathSetting("EDGEKIT_MEASURE_CACHE_DIR", str(os.path.join("~", ".cache", "edgekit", "firmware")),
+                "where `analyze --measure qemu` keeps its firmware builds and measurements"),
+    PathSetting("EDGEKIT_TFLM_CODE_SIZE", "", "a TFLM code-size table made by tools/gen_tflm_code_size.py from your "
+                                              "TFLM build, used before the built-in one"),
 )
 # modules that declare further options beside their code; imported by all_options()
 OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
-                  "edgekit.stages.cluster_tune")
+                  "edgekit.stages.cluster_tune", "edgekit.measure.build", "edgekit.measure.qemu",
+                  "edgekit.fitting.measured")
 
 
 def all_options() -> list[Option]:

@@ -65,6 +65,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "compute_precision": ((str,), "Core ML compute precision: fp16 | fp32"),
         "compute_units": ((str,), "Core ML compute units: all | cpu_and_ne | cpu_only"),
         "strip_metadata": ((bool,), "drop flatbuffer content the device never reads"),
+        "kernels": ((str,), "TFLM kernels the firmware links: cmsis_nn | reference (picks the measured code-size "
+                            "table that counts against flash)"),
     },
     "hardware": {
         "arch": ((str,), "instruction set, e.g. armv7e-m, arm64"),
@@ -87,8 +89,11 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "arena_size": ((int,), "optional: bytes of that arena region"),
     },
     "budgets": {
-        "flash_bytes": ((int,), "bytes of flash/storage the model may take"),
-        "ram_bytes": ((int,), "usable contiguous RAM for the tensor arena / activations"),
+        "flash_bytes": ((int,), "bytes of flash/storage the model may take (TFLM targets: model + TFLM's code; "
+                                "default there: memory.flash_size - memory.boot_header_size - "
+                                "reserve.app_flash_bytes)"),
+        "ram_bytes": ((int,), "usable contiguous RAM for the tensor arena / activations (default on a TFLM target: "
+                              "the arena's region - reserve.app_ram_bytes)"),
         "latency_ms": ((int, float), "optional latency budget for one inference"),
     },
     "ops": {
@@ -99,6 +104,12 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
                                              "warning"),
         "source": ((str,), "where the operator list comes from"),
         "dtypes": ((list,), "tensor data types the runtime accepts: " + ", ".join(DTYPES)),
+    },
+    "reserve": {
+        "app_flash_bytes": ((int,), "flash the application keeps beside the model and TFLM's code (boot loader, "
+                                    "its own code and constants, file systems)"),
+        "app_ram_bytes": ((int,), "RAM the application keeps in the region the tensor arena lives in (stack, heap, "
+                                  ".data/.bss, its buffers)"),
     },
     "transport": {
         "kind": ((str,), "serial | adb | none (no transport edgekit can bench over, e.g. iOS)"),
@@ -156,6 +167,10 @@ class TargetProfile:
     irqs: int | None = None
     zephyr_board: str = ""
     memory: MemoryMap | None = None
+    kernels: str = "cmsis_nn"  # TFLM targets: the kernel flavour the firmware links
+    app_flash_bytes: int | None = None  # [reserve]: what the application keeps of flash and of the arena's RAM
+    app_ram_bytes: int | None = None
+    derived: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)  # key -> formula
     path: Path | None = None
     # dotted key -> file that set it (after inheritance)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -301,8 +316,10 @@ def _check_type(path: Path, key: str, value: Any, spec: tuple[tuple[type, ...], 
 
 
 def _resolve_raw(
-    path: Path, index: dict[str, Path], chain: list[Path]
+    path: Path, index: dict[str, Path], chain: list[Path], order: list[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of ``path`` after inheritance and the file each came from; ``order`` receives the files
+    of the chain, root first."""
     if path in chain:
         cycle = " -> ".join(p.stem for p in [*chain, path])
         raise ProfileError(f"profile inheritance cycle: {cycle}", f"remove one `inherit` in {path}")
@@ -318,7 +335,7 @@ def _resolve_raw(
                 f"{path}: inherit = {parent!r} names no known profile",
                 _closest_hint(parent, index),
             )
-        values, sources = _resolve_raw(parent_path.resolve(), index, [*chain, path])
+        values, sources = _resolve_raw(parent_path.resolve(), index, [*chain, path], order)
         values.pop("abstract", None)
         sources.pop("abstract", None)
     for key, value in flat.items():
@@ -326,6 +343,8 @@ def _resolve_raw(
             continue
         values[key] = value
         sources[key] = str(path)
+    if order is not None:
+        order.append(str(path))
     return values, sources
 
 
@@ -349,6 +368,7 @@ CHOICES = {
     "runtime.delegate": ("none", "xnnpack", "gpu", "nnapi"),
     "runtime.compute_precision": ("fp16", "fp32"),
     "runtime.compute_units": ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only"),
+    "runtime.kernels": ("cmsis_nn", "reference"),
     "hardware.simd": ("none", "dsp", "helium", "neon"),
     "transport.kind": ("serial", "adb", "none"),
 }
@@ -368,10 +388,13 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "memory.flash_origin": (0, 2**32 - 1, "a 32-bit address"),
     "memory.ram_origin": (0, 2**32 - 1, "a 32-bit address"),
     "memory.arena_origin": (0, 2**32 - 1, "a 32-bit address"),
+    "reserve.app_flash_bytes": (0, 2**32, "a number of bytes >= 0"),
+    "reserve.app_ram_bytes": (0, 2**32, "a number of bytes >= 0"),
 }
 
 
-def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str]) -> TargetProfile:
+def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str],
+           order: list[str] | None = None) -> TargetProfile:
     def bad(key: str, why: str, hint: str | None = None) -> ProfileError:
         return ProfileError(f"{sources.get(key, path)}: {key} = {_clip(repr(values.get(key)))} ({why})", hint)
 
@@ -381,6 +404,7 @@ def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str
     artifact = _require(values, "runtime.artifact", path)
     if artifact not in ARTIFACTS:
         raise bad("runtime.artifact", f"must be one of {', '.join(ARTIFACTS)}")
+    derived = _derive_budgets(values, sources, path, order or [])
     dtypes = tuple(_require(values, "ops.dtypes", path))
     for dt in dtypes:
         if dt not in DTYPES:
@@ -437,14 +461,56 @@ def _build(name: str, path: Path, values: dict[str, Any], sources: dict[str, str
         irqs=values.get("hardware.irqs"),
         zephyr_board=values.get("hardware.zephyr_board", ""),
         memory=memory,
+        kernels=values.get("runtime.kernels", "cmsis_nn"),
+        app_flash_bytes=values.get("reserve.app_flash_bytes"),
+        app_ram_bytes=values.get("reserve.app_ram_bytes"),
+        derived=derived,
         path=path,
         sources=dict(sources),
         values=dict(values),
     )
 
 
-def _memory(values: Mapping[str, Any], sources: Mapping[str, str], path: Path) -> MemoryMap | None:
-    """The [memory] section, checked for completeness and against the budgets; None when absent."""
+def _derive_budgets(values: dict[str, Any], sources: dict[str, str], path: Path, order: list[str]) -> dict[str, str]:
+    """Budgets a TFLM profile states as its chip's memory minus what the application reserves.
+
+    ``budgets.flash_bytes`` (model + TFLM's code) = ``memory.flash_size - memory.boot_header_size -
+    reserve.app_flash_bytes``; ``budgets.ram_bytes`` (the arena) = the arena's region (``memory.arena_size``,
+    else ``memory.ram_size``) ``- reserve.app_ram_bytes``. A budget set explicitly (anywhere in the
+    inheritance chain) is kept as it is. Returns key -> formula for the budgets it derived.
+    """
+    derived: dict[str, str] = {}
+    if _memory_complete(values, sources, path) is None:
+        return derived
+    rules = {
+        "budgets.flash_bytes": ("reserve.app_flash_bytes", ["memory.flash_size", "memory.boot_header_size"]),
+        "budgets.ram_bytes": ("reserve.app_ram_bytes",
+                              ["memory.arena_size" if "memory.arena_size" in values else "memory.ram_size"]),
+    }
+    for key, (reserve, chip) in rules.items():
+        if key in values or reserve not in values or chip[0] not in values:
+            continue
+        for k in (*chip, reserve):
+            value = values.get(k, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                return derived  # the range checks name the bad value
+        room = values[chip[0]] - sum(values.get(k, 0) for k in chip[1:])
+        terms = " - ".join(k for k in chip if k in values)
+        left = room - values[reserve]
+        if left <= 0:
+            raise ProfileError(f"{sources.get(reserve, path)}: {reserve} = {values[reserve]:,} leaves no "
+                               f"{'flash for the model and TFLM' if 'flash' in key else 'RAM for the tensor arena'} "
+                               f"({terms} = {room:,} B)", f"lower {reserve}, or set {key} explicitly")
+        values[key] = left
+        files = [sources[k] for k in (*chip, reserve) if k in sources]
+        # the budget comes from the file nearest the leaf among those that set its terms
+        sources[key] = max(files, key=lambda f: order.index(f) if f in order else -1) if files else str(path)
+        derived[key] = f"{terms} - {reserve}"
+    return derived
+
+
+def _memory_complete(values: Mapping[str, Any], sources: Mapping[str, str], path: Path) -> str | None:
+    """None without a [memory] section; else the file to name in errors, once the map is complete."""
     keys = [k for k in values if k.startswith("memory.")]
     if not keys:
         return None
@@ -456,6 +522,14 @@ def _memory(values: Mapping[str, Any], sources: Mapping[str, str], path: Path) -
                                "a memory map names flash_origin, flash_size, ram_origin and ram_size")
     if ("memory.arena_origin" in values) != ("memory.arena_size" in values):
         raise ProfileError(f"{where}: [memory] needs both arena_origin and arena_size, or neither")
+    return where
+
+
+def _memory(values: Mapping[str, Any], sources: Mapping[str, str], path: Path) -> MemoryMap | None:
+    """The [memory] section, checked for completeness and against the budgets; None when absent."""
+    where = _memory_complete(values, sources, path)
+    if where is None:
+        return None
     mem = MemoryMap(flash_origin=values["memory.flash_origin"], flash_size=values["memory.flash_size"],
                     ram_origin=values["memory.ram_origin"], ram_size=values["memory.ram_size"],
                     boot_header_size=values.get("memory.boot_header_size", 0),
@@ -510,13 +584,14 @@ def load_profile(name_or_path: str | os.PathLike[str], extra_dirs: Iterable[Path
     else:
         name = text
         path = index[name]
-    values, sources = _resolve_raw(path.resolve(), index, [])
+    order: list[str] = []
+    values, sources = _resolve_raw(path.resolve(), index, [], order)
     if values.get("abstract"):
         raise ProfileError(
             f"target {name!r} is an abstract base profile",
             "use a profile that inherits it, e.g. " + ", ".join(list_targets(warn=False)[:3]),
         )
-    return _build(name, path, values, sources)
+    return _build(name, path, values, sources, order)
 
 
 def list_targets(extra_dirs: Iterable[Path] = (), warn: bool = True) -> list[str]:
@@ -549,5 +624,7 @@ def describe(profile: TargetProfile) -> list[tuple[str, str, str]]:
             shown = f"[{len(value)} items] " + ", ".join(map(str, value))
         else:
             shown = repr(value) if isinstance(value, str) else str(value)
+        if key in profile.derived:
+            shown += f" (= {profile.derived[key]})"
         rows.append((key, shown, profile.sources.get(key, "")))
     return rows

@@ -7,6 +7,10 @@
 - :func:`assess_tflm`: whether the TFLM interpreter can run the model at all (operators, float16,
   hybrid kernels, its own refusal) and, if so, its measured arena. The TFLM child is not started
   for a model it cannot run, nor for one hopelessly over budget.
+- :func:`flash_budget`: the flash line. On a TFLM target it counts the model *and* TFLM's code for the
+  model's exact operators (:mod:`edgekit.analysis.runtime_size`, measured per core), shown as two parts;
+  a built firmware's ``.text + .data`` (:class:`~edgekit.analysis.elf_size.ElfSizes`) replaces both when
+  given, against the flash the whole image may take (the budget plus what the application reserves).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit import options
-from edgekit.analysis import compat
+from edgekit.analysis import compat, runtime_size
 from edgekit.analysis.arena import ArenaMeasurement, TflmRefusal, reserved_arena_bytes
+from edgekit.analysis.elf_size import ElfSizes
 from edgekit.analysis.graph import Graph
 from edgekit.profiles import TargetProfile
 
@@ -31,6 +36,7 @@ class Budget:
     used: int | float
     unit: str
     note: str = ""
+    parts: tuple[tuple[str, int], ...] = ()  # what `used` is made of, e.g. (("model", n), ("runtime code", m))
 
     @property
     def fits(self) -> bool:
@@ -40,11 +46,20 @@ class Budget:
     def margin(self) -> int | float:
         return self.limit - self.used
 
+    @property
+    def parts_text(self) -> str:
+        """``model 63,760 B + runtime code 93,564 B``, or "" for a line of one part."""
+        if len(self.parts) < 2:
+            return ""
+        return " + ".join(f"{name} {value:,} B" for name, value in self.parts)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"limit": self.limit, "used": self.used, "fits": self.fits,
                              "margin": self.margin, "unit": self.unit}
         if self.note:
             d["note"] = self.note
+        if self.parts:
+            d["parts"] = dict(self.parts)
         return d
 
 
@@ -124,14 +139,47 @@ def assess_tflm(model: bytes, graph: Graph, profile: TargetProfile, skip_hopeles
                                  "a lower bound"])
 
 
+def flash_budget(profile: TargetProfile, graph: Graph, model_bytes: int, note: str,
+                 firmware: ElfSizes | None = None) -> tuple[Budget, runtime_size.RuntimeCode | None]:
+    """The flash line: model bytes, plus on a TFLM target TFLM's code for the model's operators (two parts).
+
+    With ``firmware`` (a linked image of this model), its ``.text + .data`` is what counts, against
+    ``budgets.flash_bytes + reserve.app_flash_bytes``: the image holds the application too.
+    """
+    if firmware is not None:
+        room = profile.flash_bytes + (profile.app_flash_bytes or 0)
+        where = f"measured: {firmware.path} .text+.data"
+        if profile.app_flash_bytes:
+            where += f", against the flash budget + {profile.app_flash_bytes:,} B the application reserves"
+        return Budget("flash", room, firmware.flash, "bytes", f"{note}; {where}",
+                      (("model", model_bytes), ("runtime code + application", firmware.flash - model_bytes))), None
+    code = runtime_size.estimate(graph.ops, profile) if profile.is_tflm else None
+    if code is None:
+        return Budget("flash", profile.flash_bytes, model_bytes, "bytes", note), None
+    return Budget("flash", profile.flash_bytes, model_bytes + code.bytes, "bytes", note,
+                  (("model", model_bytes), ("runtime code", code.bytes))), code
+
+
+def runtime_note(profile: TargetProfile, code: runtime_size.RuntimeCode | None) -> str | None:
+    """The line a report shows about TFLM's code in the flash figure (None for a non-TFLM target)."""
+    if not profile.is_tflm:
+        return None
+    if code is None:
+        return (f"flash counts the model only: no measured TFLM code-size table for core {profile.cpu or '(none)'!r} "
+                f"({profile.kernels}); generate one with tools/gen_tflm_code_size.py and set "
+                f"{runtime_size.TABLE_ENV}")
+    return f"runtime code {code.bytes:,} B: {code.note}"
+
+
 def budgets(profile: TargetProfile, graph: Graph, flash_bytes: int, flash_note: str, ram: Budget,
-            blockers: list[str] | None = None) -> list[Budget]:
-    """Every budget line of a verdict on a converted model: flash, RAM, operators, data types and, for
-    TFLM targets, whether the TFLM interpreter can run it."""
+            blockers: list[str] | None = None, firmware: ElfSizes | None = None) -> list[Budget]:
+    """Every budget line of a verdict on a converted model: flash (the model's ``flash_bytes`` plus, on a
+    TFLM target, TFLM's code for its operators), RAM, operators, data types and, for TFLM targets, whether
+    the TFLM interpreter can run it."""
     unsupported = compat.unsupported_ops(graph, profile)
     bad_types = compat.constraint_dtypes(graph, profile)
     out = [
-        Budget("flash", profile.flash_bytes, flash_bytes, "bytes", flash_note),
+        flash_budget(profile, graph, flash_bytes, flash_note, firmware)[0],
         ram,
         Budget("ops", 0, len(unsupported), "unsupported operators", ", ".join(unsupported)),
         Budget("dtypes", 0, len(bad_types), "unsupported data types", ", ".join(bad_types)),

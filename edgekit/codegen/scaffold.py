@@ -133,6 +133,10 @@ def mcu_context(profile: TargetProfile, base: dict[str, Any], zephyr_uart: str |
         "cpu": cpu,
         "cpu_flags": flags,
         "tflm_arch": arch,
+        # runtime.kernels: CMSIS-NN's optimized kernels (the default) or TFLM's reference kernels
+        "kernels": profile.kernels,
+        "kernels_make_arg": " OPTIMIZED_KERNEL_DIR=cmsis_nn" if profile.kernels == "cmsis_nn" else "",
+        "kernels_lib_suffix": "_cmsis_nn" if profile.kernels == "cmsis_nn" else "",
         "fpu": profile.fpu and cpu != "cortex-m0plus",
         "clock_hz": profile.clock_hz or 64_000_000,
         "command_buffer": COMMAND_BUFFER,

@@ -142,12 +142,15 @@ def coreml_predicts() -> bool:
 
 
 def _budgets(cand: Candidate, profile: TargetProfile, graph: Any | None) -> None:
-    from edgekit.analysis.verdict import Budget, tflm_ram_budget
+    from edgekit.analysis.verdict import Budget, flash_budget, tflm_ram_budget
 
     # one rule with check and codegen: a TFLM arena is judged by what the firmware reserves
     ram = (tflm_ram_budget(profile, cand.ram_bytes) if cand.ram_kind == "tflm-arena"
            else Budget("ram", profile.ram_bytes, cand.ram_bytes, "bytes", cand.ram_kind))
-    budgets = [Budget("flash", profile.flash_bytes, cand.flash_bytes, "bytes"), ram]
+    # TFLM targets: the model and TFLM's code for its operators (measured per core), as analyze and check count
+    flash = (flash_budget(profile, graph, cand.flash_bytes, "")[0] if graph is not None
+             else Budget("flash", profile.flash_bytes, cand.flash_bytes, "bytes"))
+    budgets = [flash, ram]
     if graph is not None:
         cand.unsupported = compat.unsupported_ops(graph, profile)
         bad_types = list(compat.constraint_dtypes(graph, profile))

@@ -32,6 +32,7 @@ from edgekit.evaluate import Metric, get_metrics, run_litert
 from edgekit.fitting import cache
 from edgekit.fitting.build import BUILDERS, LATENCY_SOURCES, Job, coreml_predicts, keras_outputs
 from edgekit.fitting.ladder import IOS18_MODES_FROM, ios_version, ladder
+from edgekit.fitting.measured import Device, check_device, rank
 from edgekit.fitting.select import closest, select
 from edgekit.fitting.types import GOALS, Candidate, FitResult, Rung
 from edgekit.profiles import TargetProfile, load_profile
@@ -126,11 +127,14 @@ def fit(
     latency: str = "model",
     input_shape: str | Sequence[int] | None = None,
     train: str | None = None,
+    device: Device | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``target``; ``latency`` is what phone candidates are ranked by: ``model`` (the
     deterministic cost model of :mod:`edgekit.analysis.cost`, the default) or ``host`` (LiteRT timed on
     this host; CPU targets only). ``train`` (level 2): data the clustered candidates are fine-tuned on
-    (same formats as ``eval_data``; labels optional)."""
+    (same formats as ``eval_data``; labels optional). ``device`` measures the finalists there
+    (:mod:`edgekit.fitting.measured`; Cortex-M candidates are ranked on QEMU by themselves when TFLM_ROOT
+    allows)."""
     t_start = time.perf_counter()
     if latency not in LATENCY_SOURCES:
         raise DataError(f"--latency {latency!r} is invalid (must be one of {', '.join(LATENCY_SOURCES)})")
@@ -140,6 +144,8 @@ def fit(
     goal = goal or ("latency" if profile.runtime in ("litert", "coreml") else "size")
     if goal not in GOALS:
         raise DataError(f"--optimize {goal!r} is invalid (must be one of {', '.join(GOALS)})")
+    if device is not None:
+        check_device(device, profile)
     rungs = ladder(profile, level)
     if train is not None and level < 2:
         raise DataError(f"--train is used by level 2's clustered candidates, not by --level {level}",
@@ -171,7 +177,7 @@ def fit(
         art = intake.load(model_path, input_shape=input_shape)
         try:
             return _fit(art, profile, rungs, eval_data, calib, max_drop, mets, goal, out, use_cache, quiet, t_start,
-                        latency, level, train)
+                        latency, level, train, device)
         finally:
             art.cleanup()
     finally:
@@ -181,14 +187,15 @@ def fit(
 
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
          max_drop: float, mets: list[Metric], goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
-         t_start: float, latency: str, level: int = 1, train_path: str | None = None) -> FitResult:
+         t_start: float, latency: str, level: int = 1, train_path: str | None = None,
+         device: Device | None = None) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
 
     worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
     try:
         return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, mets, goal, out, use_cache, quiet,
-                          t_start, worker, latency, level, train_path)
+                          t_start, worker, latency, level, train_path, device)
     finally:
         if worker is not None:
             worker.close()
@@ -197,7 +204,8 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
                calib_path: str | None, max_drop: float, mets: list[Metric], goal: str, out: output.Output | None,
                use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str, level: int = 1,
-               train_path: str | None = None) -> FitResult:
+               train_path: str | None = None,
+               device: Device | None = None) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
@@ -301,7 +309,10 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
             progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
         progress.close()
-        winner = select(candidates, goal)
+        # finalists measured on a device (or QEMU) replace the estimate before the winner is chosen
+        pool = rank(candidates, artifacts, profile, goal, device, notes, use_cache,
+                    say=None if quiet else lambda text: print(text, file=sys.stderr, flush=True))
+        winner = select(pool, goal)
         nearest = winner or closest(candidates)
         if profile.runtime == "coreml":
             notes.append("Core ML accuracy on Linux: each package's own compressed weights (decompressed by "

@@ -10,6 +10,13 @@ from edgekit.fitting.types import Candidate
 LATENCY_TIE = 0.25
 
 
+def flash_used(c: Candidate) -> int:
+    """What the candidate takes of flash: on TFLM targets the model and TFLM's code for its operators (the
+    flash budget's figure), else the artifact's bytes."""
+    used = c.budgets.get("flash", {}).get("used")
+    return int(used) if isinstance(used, int) else c.flash_bytes
+
+
 def rank_key(goal: str) -> Callable[[Candidate], tuple[float, ...]]:
     def key(c: Candidate) -> tuple[float, ...]:
         lat = c.latency_ms if c.latency_ms is not None else float("inf")
@@ -17,10 +24,10 @@ def rank_key(goal: str) -> Callable[[Candidate], tuple[float, ...]]:
         if goal == "latency":
             # latencies within LATENCY_TIE of each other are a tie (host timing noise): then size decides
             bucket = math.floor(math.log(lat) / math.log(1 + LATENCY_TIE)) if 0 < lat < float("inf") else lat
-            return (bucket, c.flash_bytes, drop)
+            return (bucket, flash_used(c), drop)
         if goal == "ram":
-            return (c.ram_bytes, c.flash_bytes, drop)
-        return (c.flash_bytes, c.ram_bytes, drop)
+            return (c.ram_bytes, flash_used(c), drop)
+        return (flash_used(c), c.ram_bytes, drop)
     return key
 
 

@@ -52,6 +52,7 @@ class Candidate:
     saved: dict[str, int] = field(default_factory=dict)  # bytes each method saved, in the order applied
     verified: list[str] = field(default_factory=list)  # where the artifact was run and checked, and how
     detail: str = ""  # what the method did (layers packed, kept in higher precision, ...)
+    measured: dict[str, Any] = field(default_factory=dict)  # a device's figures beside the estimate (fit.measured)
 
     @property
     def eligible(self) -> bool:

@@ -25,22 +25,55 @@ def _verdict(c: Candidate, winner: Candidate | None) -> str:
     return "ok"
 
 
+def _latency_tag(c: Candidate) -> str:
+    if c.measured and "error" not in c.measured:
+        return "meas"
+    return "est" if c.latency_kind.startswith("estimate") else "host"
+
+
+def _flash(c: Candidate) -> str:
+    """The model's bytes, plus TFLM's code for its operators where the flash budget counts it."""
+    if not c.flash_bytes:
+        return "-"
+    parts = c.budgets.get("flash", {}).get("parts", {})
+    code = parts.get("runtime code")
+    return human_bytes(c.flash_bytes) + (f" + {human_bytes(code)}" if code else "")
+
+
 def candidate_rows(r: FitResult, error_width: int | None = None) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     for c in r.candidates:
         metric = "-" if c.metric is None else f"{c.metric:.3f}"
         drop = "-" if c.drop is None else f"{c.drop:+.3f}"
-        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.3f} " + (
-            "est" if c.latency_kind.startswith("estimate") else "host")
-        rows.append((c.name, human_bytes(c.flash_bytes) if c.flash_bytes else "-",
+        lat = "-" if c.latency_ms is None else f"{c.latency_ms:.3f} {_latency_tag(c)}"
+        rows.append((c.name, _flash(c),
                      human_bytes(c.ram_bytes) if c.ram_bytes else "-", metric, drop, lat,
                      _verdict(c, r.winner) + (" (cached)" if c.cached else ""),
                      (c.error[:error_width] if error_width else c.error) if c.error else c.evaluated_on))
     return rows
 
 
-HEADERS = ["candidate", "flash", "ram", "metric", "drop", "latency ms (est/host)", "verdict",
-           "evaluated on / error"]
+HEADERS = ["candidate", "flash (model + TFLM code)", "ram", "metric", "drop", "latency ms (est/host/meas)",
+           "verdict", "evaluated on / error"]
+
+
+def measured_lines(r: FitResult) -> list[str]:
+    """Per measured candidate: the estimate beside the device's figure."""
+    lines = []
+    for c in r.candidates:
+        m = c.measured
+        if not m:
+            continue
+        if "error" in m:
+            lines.append(f"{c.name}: not measured on {m['device']}: {m['error']}")
+            continue
+        est = m.get("estimate_ms")
+        ratio = f" (measured/estimate {m['latency_ms'] / est:.2f}x)" if est else ""
+        arena = (f"; arena {m['arena_host']:,} B on the host -> {m['arena_bytes']:,} B on the core"
+                 if m.get("arena_host") and m.get("arena_bytes") else "")
+        lines.append(f"{c.name}: estimate {'-' if est is None else f'{est:.3f}'} ms -> measured "
+                     f"{m['latency_ms']:.3f} ms on {m['device']}{ratio}{arena}")
+    return lines
 
 
 def render_text(r: FitResult) -> str:
@@ -65,6 +98,7 @@ def render_text(r: FitResult) -> str:
     kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
     for kind in kinds:
         lines.append(f"latency: {kind}")
+    lines += [f"estimate vs measurement: {line}" for line in measured_lines(r)]
     if r.layer_errors:
         worst = ", ".join(f"{e['layer']} ({e['added']:.3f})" for e in r.layer_errors[:3])
         lines.append(f"per-layer int8 error, worst first (added): {worst}  (report.md has every layer)")
@@ -106,12 +140,15 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
         md += ["| " + c.name + " | " + " | ".join("-" if m not in c.metrics else f"{c.metrics[m]:.4f}"
                                                   for m in r.metrics) + " |" for c in r.candidates]
         md += ["", f"`{r.metrics[0]}` governs the allowed drop."]
+    if measured_lines(r):
+        md += ["", "## Estimate vs measurement", ""] + [f"- {line}" for line in measured_lines(r)]
     md += method_section(r)
     md += layer_error_section(r)
     kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
     if kinds:
         md += ["", "Latency figures: " + "; ".join(kinds) + ". `est` marks an estimate (rank only), `host` a "
-               "timing on the machine that ran the fit; `edgekit bench` measures the device."]
+               "timing on the machine that ran the fit, `meas` a measurement on the device (fit --device, or QEMU); "
+               "`edgekit bench` measures the device."]
     if r.notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     md.append("")

@@ -97,7 +97,7 @@ def analysis_html(r: AnalysisReport) -> str:
 
 
 def fit_html(r: FitResult, profile: TargetProfile, plot_svg: str | None) -> str:
-    from edgekit.report.fit_report import HEADERS, candidate_rows
+    from edgekit.report.fit_report import HEADERS, candidate_rows, measured_lines
 
     chosen = r.winner or r.closest
     budgets = _budgets([{"name": k, **v} for k, v in chosen.budgets.items()]) if chosen else []
@@ -111,7 +111,8 @@ def fit_html(r: FitResult, profile: TargetProfile, plot_svg: str | None) -> str:
         "budgets": budgets, "layers": [], "peak": None,
         "notes": list(r.notes) + [f"int8 layer {i}: {e['layer']} ({e['op']}) error {e['error']:.4f}, added "
                                   f"{e['added']:.4f}" for i, e in enumerate(r.layer_errors[:5], 1)]
-        + [f"{c.name}: verified: {v}" for c in r.candidates for v in c.verified if "bit-exact" in v],
+        + [f"{c.name}: verified: {v}" for c in r.candidates for v in c.verified if "bit-exact" in v]
+        + [f"estimate vs measurement: {line}" for line in measured_lines(r)],
         "candidates": {"headers": HEADERS, "rows": [[str(c) for c in row] for row in candidate_rows(r)]},
         "plot": _inline_svg(plot_svg), "bench": None})
 

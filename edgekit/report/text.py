@@ -61,16 +61,32 @@ def render_analysis(r: AnalysisReport) -> str:
         ]
     elif r.params_estimate is not None:
         lines.append(f"params  {r.params_estimate:,} (layers not analysed: the model was not converted)")
-    if r.arena_measured is not None:
+    if r.arena_measured is not None and r.measurement is None:
         lines.append(f"arena   {r.arena_measured:,} B measured on the host TFLM interpreter; the firmware reserves "
                      f"{r.ram_bytes:,} B (kTensorArenaSize, measured + margin)")
+    if r.firmware is not None:
+        lines.append(f"flash   {r.firmware.flash:,} B: .text {r.firmware.text:,} + .data {r.firmware.data:,} of "
+                     f"{r.firmware.path} (measured; .bss {r.firmware.bss:,} B)")
+    elif r.runtime_code is not None:
+        c = r.runtime_code
+        total = r.flash_bytes + c.bytes
+        lines.append(f"flash   {r.flash_bytes:,} B model + {c.bytes:,} B TFLM runtime code = {total:,} B")
+        kernels = ", ".join(f"{op} {n:,}" for op, n in sorted(c.per_op.items(), key=lambda kv: -kv[1]))
+        shared = f"; shared code counted once: -{c.shared_saving:,} B" if c.shared_saving else ""
+        lines.append(f"        runtime: interpreter {c.interpreter_bytes:,} B + {len(c.per_op)} kernels "
+                     f"{c.kernel_bytes:,} B ({kernels}{shared})")
+        lines.append(f"        {c.kind}")
+    if r.measurement is not None:
+        from edgekit.measure.text import render_measurement
+
+        lines += ["", *render_measurement(r.measurement, r.arena_measured)]
     lines.append("")
     brow: list[tuple[object, ...]] = []
     for b in r.budgets:
         if b.unit == "bytes":
             brow.append((b.name, human_bytes(b.used), human_bytes(b.limit),
                          ("+" if b.margin >= 0 else "-") + human_bytes(abs(b.margin)),
-                         "fits" if b.fits else "OVER", _cut(b.note)))
+                         "fits" if b.fits else "OVER", _cut(b.parts_text or b.note, 90)))
         else:
             brow.append((b.name, b.used, b.limit, b.margin, "fits" if b.fits else "OVER", _cut(b.note)))
     lines.append(table(["budget", "used", "limit", "margin", "verdict", "detail"], brow, "lrrrl"))

@@ -38,7 +38,8 @@ def _free_port() -> int:
 
 
 class QemuTransport(SerialTransport):
-    def __init__(self, build_dir: Path, start_timeout: float = 20.0, nodelay: bool = True) -> None:
+    def __init__(self, build_dir: Path, start_timeout: float = 20.0, nodelay: bool = True,
+                 machine: str = "mps2-an386") -> None:
         self.elf = find_elf(build_dir)
         self.tcp = _free_port()
         super().__init__(f"socket://127.0.0.1:{self.tcp}")
@@ -46,13 +47,14 @@ class QemuTransport(SerialTransport):
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_timeout = start_timeout
         self.nodelay = nodelay  # off: QEMU's Nagle delays each answer by ~40 ms (benchmarks/qemu_serial_latency.py)
+        self.machine = machine  # mps2-an385/an386/an500: the qemu board's memory map and UART (QEMU_CORE=target)
 
     def open(self) -> None:
         qemu = shutil.which("qemu-system-arm")
         if qemu is None:
             raise TransportError("qemu-system-arm is not installed", "Debian: apt-get install qemu-system-arm")
         self.proc = subprocess.Popen(
-            [qemu, "-M", "mps2-an386", "-display", "none", "-monitor", "none", "-icount", "shift=0",
+            [qemu, "-M", self.machine, "-display", "none", "-monitor", "none", "-icount", "shift=0",
              "-semihosting-config", "enable=on,target=native", "-kernel", str(self.elf),
              "-serial", f"tcp:127.0.0.1:{self.tcp},server=on,wait=on{',nodelay=on' if self.nodelay else ''}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
