@@ -81,8 +81,9 @@ def main() -> None:
                     if c.error:
                         print(f"   {c.name}: {c.error}")
                         continue
-                    if "fine-tuned" in c.detail:
-                        print(f"   {c.name}: {c.detail.split('; ')[1] if '; ' in c.detail else c.detail}"[:300])
+                    if "fine-tuned centroids" in c.detail:
+                        tune = [p for p in c.detail.split("; ") if any(w in p for w in ("epoch", "held-out", " s on "))]
+                        print(f"   {c.name}: {'; '.join(tune)}")
                     row = rows.setdefault(f"{target} {c.name}", {"bytes": c.flash_bytes, "fits": c.fits})
                     row[variant] = (c.metrics["top1"], c.metrics["mse-to-float"])
         ctl = control(t / "digits.keras", t / "calib.npz", xtr, ytr, xte, yte, float_te)
