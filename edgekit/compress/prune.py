@@ -161,7 +161,8 @@ def logits_of(model: Any) -> tuple[Any, str]:
         kind = class_name(node.layer)
         cfg = node.layer.get_config()
         if kind == "Softmax" or (kind == "Activation" and cfg.get("activation") == "softmax"):
-            return keras.Model(g.fn.inputs, node.knode.input_tensors[0]), "logits"
+            inputs = g.fn.inputs[0] if len(g.fn.inputs) == 1 else g.fn.inputs
+            return keras.Model(inputs, node.knode.input_tensors[0]), "logits"
         if cfg.get("activation") == "softmax":
             return model, "probs"
     return model, "raw"
