@@ -88,6 +88,35 @@ def load(path: str | os.PathLike[str], input_shape: tuple[int, ...]) -> Dataset:
     return Dataset(x=x, y=y, source=str(p))
 
 
+TRAIN_MIN_SAMPLES = 10  # a part is held out for early stopping
+
+
+def load_training(path: str | os.PathLike[str], input_shape: tuple[int, ...],
+                  min_samples: int = TRAIN_MIN_SAMPLES) -> Dataset:
+    """Training data (``--train``) for a model whose single input has ``input_shape`` (batch first).
+
+    The formats and every check of :func:`load` (regular files of sane size, NumPy magic, no pickles,
+    shapes, dtypes, NaN/Inf); labels (``y``) are optional, and when present must be numeric and finite,
+    one row per sample. At least ``min_samples`` samples. Every problem is one DataError naming ``--train``
+    and the file, raised before any training starts."""
+    try:
+        ds = load(path, input_shape)
+    except DataError as exc:
+        raise DataError(f"--train: {exc.message}", exc.hint) from None
+    if ds.y is not None:
+        if ds.y.dtype.kind not in "fiub":
+            raise DataError(f"--train: {ds.source}: labels have dtype {ds.y.dtype} (must be numeric)",
+                            "save y as integer class indices or float targets")
+        yf = ds.y.astype(np.float64)
+        if not np.all(np.isfinite(yf)):
+            bad = int(yf.size - np.count_nonzero(np.isfinite(yf)))
+            raise DataError(f"--train: {ds.source}: {bad} label values are NaN or Inf", "clean the labels")
+    if len(ds) < min_samples:
+        raise DataError(f"--train: {ds.source} has {len(ds)} samples, too few to fine-tune (need at least "
+                        f"{min_samples}: a part is held out for early stopping)", "pass more training samples")
+    return ds
+
+
 def _np_problem(p: Path, exc: BaseException) -> DataError:
     text = str(exc)
     if "pickle" in text.lower() or "object" in text.lower():

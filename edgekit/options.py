@@ -75,7 +75,8 @@ PATH_SETTINGS = (
 # modules that declare further options beside their code; imported by all_options()
 OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
-                  "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder")
+                  "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
+                  "edgekit.stages.cluster_tune")
 
 
 def all_options() -> list[Option]:

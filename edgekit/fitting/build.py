@@ -45,6 +45,8 @@ class Job:
     calibration: Any = None  # stages.calibrated.Calibration, made on first use and shared by every rung
     layer_errs: list[Any] | None = None  # stages.layer_error.LayerError of the int8 model, worst first
     layer_names: dict[int, str] = field(default_factory=dict)
+    train: data_mod.Dataset | None = None  # --train: fine-tunes the clustered rungs
+    clusters: dict[int, Any] = field(default_factory=dict)  # k -> fitting.clustered.Variant (or its error)
 
     def calibrated(self) -> Any:
         if self.calibration is None:
@@ -123,6 +125,7 @@ def _latency(job: Job, cand: Candidate, graph: Any, tfl: bytes | None) -> None:
 # the arithmetic a candidate's kernels run in, for the cost model (INT4/LUT filters feed int8 kernels)
 ARITHMETIC = {"quantize": {"int8-per-tensor": "int8"}, "int4": {"all": "int8", "keep": "int8"},
               "lut": {"per-channel": "int8"}, "mixed": {"float": "float32", "int16x8": "int16x8"},
+              "cluster": {"int4": "int8", "lut": "int8", "aeq": "dynamic"},
               "aeq": {"dynamic_wi4c_afp32": "dynamic", "dynamic_wi4_afp32": "dynamic",
                       "weight_only_wi4_afp32": "float32"}}
 
@@ -414,5 +417,12 @@ def _predict_mlpackage(path: Path, x: np.ndarray) -> np.ndarray:  # pragma: no c
     return np.concatenate([np.asarray(o).reshape(1, -1) for o in outs])
 
 
+def build_cluster(job: Job, rung: Rung, cand: Candidate) -> Path:
+    """A rung built from the clustered float model (k = rung.value): see fitting.clustered."""
+    from edgekit.fitting import clustered
+
+    return clustered.build(job, rung, cand)
+
+
 BUILDERS = {"quantize": build_tflite, "coreml": build_coreml, "int4": build_int4, "lut": build_lut,
-            "mixed": build_mixed, "aeq": build_aeq}
+            "mixed": build_mixed, "aeq": build_aeq, "cluster": build_cluster}

@@ -1,7 +1,8 @@
 """The ladder: which candidates a fit tries for a runtime and level, least to most aggressive.
 
 Level 1 is post-training quantization; level 2 adds the weight-level methods (mixed precision driven by
-the per-layer error, weights below 8 bits, LUT/palettization) and includes level 1's rungs.
+the per-layer error, weights below 8 bits, LUT/palettization, weight clustering before quantization) and
+includes level 1's rungs.
 """
 
 from __future__ import annotations
@@ -74,10 +75,15 @@ def _level2(profile: TargetProfile) -> list[Rung]:
         rungs.append(Rung("int4-keep-worst", "int4", "keep", 1, level=2))
         rungs.append(Rung("int4", "int4", "all", 0, level=2))
         rungs.append(Rung("lut-4bit", "lut", "per-channel", 4, level=2))
+        # the float kernels clustered per layer (k-means) before quantization, fine-tuned with --train:
+        # INT4 filters from 16 clusters, and LUT compression, lossless at log2(k) bits
+        rungs.append(Rung("cluster16-int4", "cluster", "int4", 16, level=2))
+        rungs += [Rung(f"cluster{k}-lut-{b}bit", "cluster", "lut", k, level=2) for k, b in ((16, 4), (32, 5), (64, 6))]
         return rungs
     if profile.delegate == "gpu":
         rungs.append(Rung("mixed-float", "mixed", "float", 1, level=2))
         return rungs  # int4 weights are hybrid kernels the GPU delegate does not take
     rungs.append(Rung("mixed-float", "mixed", "float", 1, level=2))
     rungs.append(Rung("int4-weights", "aeq", "dynamic_wi4c_afp32", 4, level=2))
+    rungs.append(Rung("cluster16-int4-weights", "cluster", "aeq", 16, level=2))
     return rungs

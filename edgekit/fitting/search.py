@@ -125,10 +125,12 @@ def fit(
     only: list[str] | None = None,
     latency: str = "model",
     input_shape: str | Sequence[int] | None = None,
+    train: str | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``target``; ``latency`` is what phone candidates are ranked by: ``model`` (the
     deterministic cost model of :mod:`edgekit.analysis.cost`, the default) or ``host`` (LiteRT timed on
-    this host; CPU targets only)."""
+    this host; CPU targets only). ``train`` (level 2): data the clustered candidates are fine-tuned on
+    (same formats as ``eval_data``; labels optional)."""
     t_start = time.perf_counter()
     if latency not in LATENCY_SOURCES:
         raise DataError(f"--latency {latency!r} is invalid (must be one of {', '.join(LATENCY_SOURCES)})")
@@ -139,6 +141,9 @@ def fit(
     if goal not in GOALS:
         raise DataError(f"--optimize {goal!r} is invalid (must be one of {', '.join(GOALS)})")
     rungs = ladder(profile, level)
+    if train is not None and level < 2:
+        raise DataError(f"--train is used by level 2's clustered candidates, not by --level {level}",
+                        "add --level 2, or leave out --train")
     if only:
         known = [r.name for r in rungs]
         unknown = [n for n in only if n not in known]
@@ -157,13 +162,13 @@ def fit(
     out: output.Output | None = None
     if out_dir is not None:  # checked, locked and staged before any work starts
         size = model_path.stat().st_size if model_path.is_file() else 0
-        out = output.Output(out_dir, force, inputs=[model, eval_data, calib], command="fit",
+        out = output.Output(out_dir, force, inputs=[model, eval_data, calib, train], command="fit",
                             expected_bytes=2 * size).open()
     try:
         art = intake.load(model_path, input_shape=input_shape)
         try:
             return _fit(art, profile, rungs, eval_data, calib, max_drop, mets, goal, out, use_cache, quiet, t_start,
-                        latency, level)
+                        latency, level, train)
         finally:
             art.cleanup()
     finally:
@@ -173,14 +178,14 @@ def fit(
 
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
          max_drop: float, mets: list[Metric], goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
-         t_start: float, latency: str, level: int = 1) -> FitResult:
+         t_start: float, latency: str, level: int = 1, train_path: str | None = None) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
 
     worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
     try:
         return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, mets, goal, out, use_cache, quiet,
-                          t_start, worker, latency, level)
+                          t_start, worker, latency, level, train_path)
     finally:
         if worker is not None:
             worker.close()
@@ -188,7 +193,8 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
 
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
                calib_path: str | None, max_drop: float, mets: list[Metric], goal: str, out: output.Output | None,
-               use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str, level: int = 1) -> FitResult:
+               use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str, level: int = 1,
+               train_path: str | None = None) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
@@ -210,6 +216,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         cal = data_mod.Dataset(ev.x[:n], None, f"first {n} eval samples")
         calib_label = f"first {n} samples of the eval data (no --calib given)"
         notes.append("calibrated on eval samples: pass --calib with separate data for an unbiased figure")
+    train = _load_train(train_path, shape, out_shape, met, rungs, notes)
     if art.keras_model is not None:
         float_out = keras_outputs(art.keras_model, ev.x)
         baseline_on = "the source Keras model (float32, TensorFlow)"
@@ -235,7 +242,10 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
     candidates: list[Candidate] = []
     artifacts: dict[str, Path] = {}
     work = tempfile.TemporaryDirectory(prefix="edgekit-fit-")
-    job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency, mets=mets, float_ref=float_out)
+    job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency, mets=mets, float_ref=float_out,
+              train=train)
+    # what a clustered rung depends on beyond the shared inputs: the training data and fine-tune settings
+    cluster_key = _cluster_key(train) if any(r.stage == "cluster" for r in rungs) else {}
     if latency == "host" and not job.host_timing:
         notes.append(f"--latency host ignored: {profile.name} does not compute on a CPU like this host's; "
                      "ranked by the cost model")
@@ -249,7 +259,9 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
     try:
         for i, rung in enumerate(rungs):
             progress.show(i, f"{rung.name} ...")
-            key = hashlib.sha256(json.dumps({**key_base, "rung": asdict(rung)}, sort_keys=True).encode()).hexdigest()
+            extra = cluster_key if rung.stage == "cluster" else {}
+            key = hashlib.sha256(json.dumps({**key_base, **extra, "rung": asdict(rung)}, sort_keys=True).encode()
+                                 ).hexdigest()
             entry = cache.cache_dir() / key[:2] / key
             cached_copy = Path(work.name) / f"cached-{rung.name}{'.mlpackage' if rung.stage == 'coreml' else '.tflite'}"
             cand, problem = cache.load_cached(entry, cached_copy) if use_cache else (None, "")
@@ -306,6 +318,37 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         return result
     finally:
         work.cleanup()
+
+
+def _load_train(path: str | None, shape: tuple[int, ...], out_shape: tuple[int, ...], met: Metric,
+                rungs: list[Rung], notes: list[str]) -> data_mod.Dataset | None:
+    """--train, loaded and checked before any work starts; None without it (or when no rung uses it)."""
+    if path is None:
+        return None
+    train = data_mod.load_training(path, shape)
+    if not any(r.stage == "cluster" for r in rungs):
+        notes.append(f"--train {train.source} not used: no clustered candidate on this ladder (Core ML, the GPU "
+                     "delegate or --candidates without cluster*)")
+        return None
+    from edgekit.fitting.clustered import training_loss
+
+    if training_loss(met, train) != "soft":  # the labels train: they must fit the model and metric
+        check_labels(train.y, out_shape, met, f"--train {train.source}")
+        notes.append(f"clustered candidates fine-tuned on {train.source} ({len(train)} samples, its labels)")
+    else:
+        why = "it has no labels" if train.y is None else f"--metric {met.name} does not score them as class labels " \
+              "or regression targets"
+        notes.append(f"clustered candidates fine-tuned on {train.source} ({len(train)} samples) with the float "
+                     f"model's own outputs as targets ({why})")
+    return train
+
+
+def _cluster_key(train: data_mod.Dataset | None) -> dict[str, Any]:
+    from edgekit.stages import cluster, cluster_tune
+
+    return {"cluster": {"min_elements": cluster.MIN_ELEMENTS, "iters": cluster.MAX_ITERS},
+            "train": None if train is None else {"data": cache.array_hash(train.x, train.y),
+                                                 "tune": cluster_tune.settings()}}
 
 
 def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Output, profile: TargetProfile) -> None:

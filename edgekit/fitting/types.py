@@ -17,9 +17,9 @@ class Rung:
     """One step of the ladder: a named way to build a candidate."""
 
     name: str
-    stage: str  # a builder of fitting.build.BUILDERS: quantize | coreml | int4 | lut | mixed | aeq
+    stage: str  # a builder of fitting.build.BUILDERS: quantize | coreml | int4 | lut | mixed | aeq | cluster
     mode: str  # quantize mode, Core ML compression kind, or the stage's variant
-    value: float = 0.0  # palettization bits / pruning sparsity / layers kept in higher precision
+    value: float = 0.0  # palettization bits / pruning sparsity / layers kept in higher precision / clusters k
     level: int = 1  # the --level that introduces it
 
 
