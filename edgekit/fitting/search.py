@@ -385,6 +385,12 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     layer_plot = render_layer_plot(result)
     if layer_plot is not None:
         out.write("layer_error.svg", layer_plot)
+    if result.level3:
+        from edgekit.report.level3_report import render_pareto
+
+        pareto = render_pareto(result)
+        if pareto is not None:
+            out.write("level3_pareto.svg", pareto)
     out.write("report.json", json.dumps(result.to_dict(), indent=2))
     out.write("report.md", render_markdown(result, profile, has_plot))
     from edgekit.report.html import fit_html
