@@ -400,6 +400,8 @@ class Search:
         t.model_path = str(folder / "model.keras")
         stopped = t.distill.get("stopped", "")
         t.status = "fine-tuned" + (" (cut by the time budget)" if stopped == "deadline" else "")
+        if stopped == "deadline" and not cached:
+            self.stopped = "time budget"
         if doc.get("cost"):
             t.params, t.macs = int(doc["cost"]["params"]), int(doc["cost"]["macs"])
 
@@ -423,6 +425,7 @@ class Search:
                 self.finetune(picks)
                 tuned += picks
                 picks = self._next(front, tuned, jobs)
+        self.out_of_time()  # a search that ran into its deadline says so
         finalists = sorted([t for t in tuned if self.recovers(t) and t.model_path], key=lambda t: t.goal_value)
         if self.stopped:
             self.notes.append("the search stopped at --time-budget; the best candidates so far are reported")
