@@ -358,6 +358,10 @@ class Search:
             doc = self.finished(folder)
             if doc is not None:
                 self._record(t, folder, doc, cached=True)
+                try:
+                    os.utime(folder / "task.json")  # recently used (the cache's size limit drops the oldest)
+                except OSError:
+                    pass
                 continue
             if self.out_of_time():
                 t.status = "not fine-tuned (time budget)"

@@ -32,7 +32,6 @@ from edgekit.fitting.types import Candidate, Rung
 
 HOLDOUT = options.Option("l3_holdout", 0.15, "share of --train held out for early stopping and the search's scores")
 HOLDOUT_MAX = 2000  # held-out samples at most
-LEVEL3_DIR = "level3"
 QAT_EPOCHS = 8
 
 
@@ -126,7 +125,7 @@ def run(job: Job, base: list[Candidate], rungs: list[Rung], key_base: dict[str, 
                                       cache.array_hash(train.x, train.y), "holdout": HOLDOUT.value,
                                       "search": metric + reference, "goal": goal, "max_drop": max_drop,
                                       "level3": 1}, sort_keys=True, default=str).encode()).hexdigest()
-    root = cache.cache_dir() / LEVEL3_DIR if use_cache else None
+    root = cache.cache_dir() / cache.LEVEL3_DIR if use_cache else None
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="l3-", dir=job.work))

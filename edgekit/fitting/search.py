@@ -307,6 +307,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                               None if quiet else lambda text: progress.show(len(rungs), f"level 3: {text}"))
             candidates += done.candidates
             artifacts.update(done.artifacts)
+            notes[:] = [n for n in notes if not (n.startswith("--train ") and " not used" in n)]  # level 3 used it
             notes += done.notes
             level3_record = done.search
         winner = select(candidates, goal)

@@ -61,7 +61,7 @@ def _search(model: Any, split: tuple[np.ndarray, ...], tmp: Path, executor: Any,
     conf = search.SearchConfig(metric="top1", reference="labels", max_drop=2.0, uniform=(0.5, 0.7), energies=(0.0,),
                                random_candidates=0, sensitivity=False, **cfg)
     conf.distill.epochs = 4
-    return search.Search(model, data, conf, estimate, executor, tmp / "work", tmp / "cache", "test-key")
+    return search.Search(model, data, conf, estimate, executor, tmp / "work", tmp / "cache" / "level3", "0" * 64)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,12 @@ def test_search_resumes_from_finished_finetunes(digits: tuple[Any, tuple[np.ndar
     assert twin[0].tuned_score == tuned[0].tuned_score
     assert all(t.cached for t in again.trials)  # the proxies too
     assert [t.name for t in again.finalists] == [t.name for t in first.finalists]
+    from edgekit.fitting import cache  # `edgekit cache clear` and the size limit see the search's files
+
+    found = {e.path for e in cache.entries(tmp_path / "cache")}
+    assert Path(tuned[0].model_path).parent in found
+    assert tmp_path / "cache" / "level3" / f"proxies-{'0' * 64}.json" in found
+    assert cache.clear(tmp_path / "cache")[0] == len(found) and not Path(tuned[0].model_path).exists()
 
 
 def test_search_stops_at_its_deadline(digits: tuple[Any, tuple[np.ndarray, ...]], tmp_path: Path,
