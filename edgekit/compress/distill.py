@@ -192,9 +192,10 @@ def _fake_quant(w: Any) -> Any:
     return tf.clip_by_value(tf.round(w / scale), -127, 127) * scale
 
 
-def recalibrate_batchnorm(model: Any, x: np.ndarray, batch: int = 256) -> bool:
-    """Set every BatchNorm's moving statistics to those of one batch of ``x`` run in training mode (after
-    pruning, the remaining channels' statistics shift); True when the model has BatchNorms."""
+def recalibrate_batchnorm(model: Any, x: np.ndarray, batch: int = 64) -> bool:
+    """Set every BatchNorm's moving statistics to the average of its batch statistics over ``x`` run in
+    training mode, batch by batch (after pruning, the remaining channels' statistics shift; a briefly trained
+    model's moving averages lag behind); True when the model has BatchNorms."""
     import keras
 
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -202,9 +203,12 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray, batch: int = 256) -> bool:
         return False
     saved = [b.momentum for b in bns]
     try:
-        for b in bns:
-            b.momentum = 0.0
-        model(x[:batch], training=True)
+        for k, start in enumerate(range(0, len(x), batch), 1):
+            if len(x) - start < 2 and k > 1:
+                break
+            for b in bns:
+                b.momentum = (k - 1) / k  # moving = running mean of the batch statistics so far
+            model(x[start : start + batch], training=True)
     finally:
         for b, m in zip(bns, saved, strict=True):
             b.momentum = m
