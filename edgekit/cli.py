@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation data (.npz x/y; without labels - .npy, .npz without y, an image folder - for "
                         "--metric agreement / mse-to-float)")
     f.add_argument("--calib", help="calibration data (.npy, .npz, image folder); default: eval samples")
-    f.add_argument("--train", help="level 2: training data the clustered candidates are fine-tuned on (same formats "
-                   "as --eval; labels optional: without them the float model's outputs are the targets)")
+    f.add_argument("--train", help="training data (same formats as --eval; labels optional: without them the float "
+                   "model's outputs are the targets): level 2 fine-tunes the clustered candidates on it, level 3 "
+                   "(required) distills its changed architectures from the original model")
     f.add_argument("--max-drop", type=_non_negative, default=1.0,
                    help="largest allowed drop of the first metric (top1/top5/f1/auc/agreement: points; default 1.0)")
     f.add_argument("--metric", default="top1",
@@ -84,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--level", type=int, default=1,
                    help="1 = post-training quantization ladder (default); 2 = adds mixed precision driven by the "
                         "per-layer error, weights below 8 bits (INT4, LUT, palettization) and weight clustering "
-                        "before quantization (fine-tuned with --train)")
+                        "before quantization (fine-tuned with --train); 3 = adds structured pruning and low-rank "
+                        "factorization, distilled from the original with --train, chosen by a search")
+    f.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="level 3: stop the search after this many minutes (in all) and report the best so far")
+    f.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="level 3: candidate fine-tunes run in N worker processes at once (default 1)")
     f.add_argument("--candidates", help="comma-separated ladder steps to try (default: the whole ladder): "
                    "TFLM float32,int16x8,int8,int8-per-tensor (level 2: mixed-16x8,mixed-float,int4-keep-worst,"
                    "int4,lut-4bit,cluster16-int4,cluster16-lut-4bit,cluster32-lut-5bit,cluster64-lut-6bit); "
@@ -368,7 +374,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     result = fit(args.model, args.target, eval_data=args.eval_data, calib=args.calib, max_drop=args.max_drop,
                  metric=args.metric, goal=args.optimize, level=args.level, out_dir=args.output, latency=args.latency,
                  force=args.force, use_cache=not args.no_cache, quiet=args.json, input_shape=args.input_shape,
-                 only=_candidates(args.candidates), train=args.train, device=device)
+                 only=_candidates(args.candidates), train=args.train, device=device, time_budget=args.time_budget,
+                 jobs=args.jobs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

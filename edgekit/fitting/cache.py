@@ -217,7 +217,31 @@ def entries(root: Path | None = None) -> list[CacheEntry]:
             if f.suffix == ".json" and _ENTRY_NAME.match(f.stem) and f.is_file() and not f.is_symlink():
                 st = f.stat()
                 found.append(CacheEntry(f, st.st_size, st.st_mtime))
+    found += _level3_entries(root / LEVEL3_DIR)
     return sorted(found, key=lambda e: e.used)
+
+
+LEVEL3_DIR = "level3"  # fitting.level3: fine-tune task folders (xx/<sha256>/task.json) and proxy records
+
+
+def _level3_entries(l3: Path) -> list[CacheEntry]:
+    """The level-3 search's own files: its task folders and its proxies-<sha256>.json records."""
+    found: list[CacheEntry] = []
+    if not l3.is_dir() or l3.is_symlink():
+        return found
+    for item in l3.iterdir():
+        if item.is_file() and not item.is_symlink() and item.suffix == ".json" and item.stem.startswith("proxies-") \
+                and _ENTRY_NAME.match(item.stem.removeprefix("proxies-")):
+            st = item.stat()
+            found.append(CacheEntry(item, st.st_size, st.st_mtime))
+        elif len(item.name) == 2 and item.is_dir() and not item.is_symlink():
+            for entry in item.iterdir():
+                record = entry / "task.json"
+                if (_ENTRY_NAME.match(entry.name) and entry.name.startswith(item.name) and entry.is_dir()
+                        and not entry.is_symlink() and record.is_file()):
+                    size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file() and not p.is_symlink())
+                    found.append(CacheEntry(entry, size, record.stat().st_mtime))
+    return found
 
 
 def _remove(path: Path) -> None:

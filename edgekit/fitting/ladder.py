@@ -2,7 +2,8 @@
 
 Level 1 is post-training quantization; level 2 adds the weight-level methods (mixed precision driven by
 the per-layer error, weights below 8 bits, LUT/palettization, weight clustering before quantization) and
-includes level 1's rungs.
+includes level 1's rungs. Level 3 changes the architecture (fitting.level3) and runs level 2's ladder on
+every architecture it keeps, so its ladder is level 2's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from edgekit.errors import StageError
 from edgekit.fitting.types import Rung
 from edgekit.profiles import TargetProfile
 
-LEVELS = (1, 2)
+LEVELS = (1, 2, 3)
 IOS18_MODES_FROM = 18  # per-grouped-channel palettization and 4-bit blockwise linear need iOS 18
 
 
@@ -22,11 +23,9 @@ def ios_version(profile: TargetProfile) -> int:
 
 def ladder(profile: TargetProfile, level: int = 1) -> list[Rung]:
     if level not in LEVELS:
-        raise StageError(
-            f"--level {level} is not available yet: level 3 (structured pruning that shrinks, low-rank "
-            "factorization, distillation) comes with a later edgekit release",
-            "use --level 1 (post-training quantization) or --level 2 (mixed precision, sub-8-bit weights)",
-        )
+        raise StageError(f"--level {level} is invalid (must be 1, 2 or 3)",
+                         "1: post-training quantization; 2: mixed precision, sub-8-bit weights; 3: structured "
+                         "pruning, low-rank factorization and distillation with --train")
     rungs = _level1(profile)
     if level >= 2:
         rungs += _level2(profile)

@@ -32,6 +32,8 @@ from edgekit.evaluate import Metric, get_metrics, run_litert
 from edgekit.fitting import cache
 from edgekit.fitting.build import BUILDERS, LATENCY_SOURCES, Job, coreml_predicts, keras_outputs
 from edgekit.fitting.ladder import IOS18_MODES_FROM, ios_version, ladder
+from edgekit.fitting.level3 import Level3Options, check_options
+from edgekit.fitting.level3 import run as run_level3
 from edgekit.fitting.measured import Device, check_device, rank
 from edgekit.fitting.select import closest, select
 from edgekit.fitting.types import GOALS, Candidate, FitResult, Rung
@@ -128,13 +130,16 @@ def fit(
     input_shape: str | Sequence[int] | None = None,
     train: str | None = None,
     device: Device | None = None,
+    time_budget: float | None = None,
+    jobs: int = 1,
 ) -> FitResult:
     """Fit ``model`` to ``target``; ``latency`` is what phone candidates are ranked by: ``model`` (the
     deterministic cost model of :mod:`edgekit.analysis.cost`, the default) or ``host`` (LiteRT timed on
     this host; CPU targets only). ``train`` (level 2): data the clustered candidates are fine-tuned on
-    (same formats as ``eval_data``; labels optional). ``device`` measures the finalists there
-    (:mod:`edgekit.fitting.measured`; Cortex-M candidates are ranked on QEMU by themselves when TFLM_ROOT
-    allows)."""
+    (same formats as ``eval_data``; labels optional); level 3 needs it (the original model is the teacher), and
+    ``time_budget`` (minutes) and ``jobs`` (parallel fine-tunes) steer its search. ``device`` measures the
+    finalists there (:mod:`edgekit.fitting.measured`; Cortex-M candidates are ranked on QEMU by themselves when
+    TFLM_ROOT allows)."""
     t_start = time.perf_counter()
     if latency not in LATENCY_SOURCES:
         raise DataError(f"--latency {latency!r} is invalid (must be one of {', '.join(LATENCY_SOURCES)})")
@@ -147,6 +152,8 @@ def fit(
     if device is not None:
         check_device(device, profile)
     rungs = ladder(profile, level)
+    l3 = Level3Options(train, time_budget, jobs)
+    check_options(level, l3)
     if train is not None and level < 2:
         raise DataError(f"--train is used by level 2's clustered candidates, not by --level {level}",
                         "add --level 2, or leave out --train")
@@ -177,7 +184,7 @@ def fit(
         art = intake.load(model_path, input_shape=input_shape)
         try:
             return _fit(art, profile, rungs, eval_data, calib, max_drop, mets, goal, out, use_cache, quiet, t_start,
-                        latency, level, train, device)
+                        latency, level, train, device, l3)
         finally:
             art.cleanup()
     finally:
@@ -188,14 +195,14 @@ def fit(
 def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str, calib_path: str | None,
          max_drop: float, mets: list[Metric], goal: str, out: output.Output | None, use_cache: bool, quiet: bool,
          t_start: float, latency: str, level: int = 1, train_path: str | None = None,
-         device: Device | None = None) -> FitResult:
+         device: Device | None = None, l3: Level3Options | None = None) -> FitResult:
 
     from edgekit.evaluate import TflmWorker
 
     worker = TflmWorker().start() if profile.is_tflm else None  # its start-up overlaps the conversions
     try:
         return _fit_inner(art, profile, rungs, eval_path, calib_path, max_drop, mets, goal, out, use_cache, quiet,
-                          t_start, worker, latency, level, train_path, device)
+                          t_start, worker, latency, level, train_path, device, l3)
     finally:
         if worker is not None:
             worker.close()
@@ -204,8 +211,8 @@ def _fit(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_p
 def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], eval_path: str,
                calib_path: str | None, max_drop: float, mets: list[Metric], goal: str, out: output.Output | None,
                use_cache: bool, quiet: bool, t_start: float, worker: Any, latency: str, level: int = 1,
-               train_path: str | None = None,
-               device: Device | None = None) -> FitResult:
+               train_path: str | None = None, device: Device | None = None,
+               l3: Level3Options | None = None) -> FitResult:
     from edgekit.stages import quantize
 
     notes: list[str] = list(art.notes)
@@ -309,6 +316,15 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
             progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
         progress.close()
+        level3_record: dict[str, Any] = {}
+        if level >= 3 and l3 is not None:  # architectures changed, each through this ladder (fitting.level3)
+            done = run_level3(job, candidates, rungs, key_base, baseline, max_drop, goal, l3, use_cache, t_start,
+                              None if quiet else lambda text: progress.show(len(rungs), f"level 3: {text}"))
+            candidates += done.candidates
+            artifacts.update(done.artifacts)
+            notes[:] = [n for n in notes if not (n.startswith("--train ") and " not used" in n)]  # level 3 used it
+            notes += done.notes
+            level3_record = done.search
         # finalists measured on a device (or QEMU) replace the estimate before the winner is chosen
         pool = rank(candidates, artifacts, profile, goal, device, notes, use_cache,
                     say=None if quiet else lambda text: print(text, file=sys.stderr, flush=True))
@@ -330,6 +346,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
             calibration=calib_label, eval_source=ev.source, eval_samples=len(ev), level=level,
             metrics=[m.name for m in mets], baselines=baselines,
             layer_errors=[e.to_dict() for e in job.layer_errs or []], layer_error_method=layer_method,
+            level3=level3_record,
         )
         result.seconds = time.perf_counter() - t_start
         if out is not None:
@@ -393,6 +410,12 @@ def _write_output(result: FitResult, artifacts: dict[str, Path], out: output.Out
     layer_plot = render_layer_plot(result)
     if layer_plot is not None:
         out.write("layer_error.svg", layer_plot)
+    if result.level3:
+        from edgekit.report.level3_report import render_pareto
+
+        pareto = render_pareto(result)
+        if pareto is not None:
+            out.write("level3_pareto.svg", pareto)
     out.write("report.json", json.dumps(result.to_dict(), indent=2))
     out.write("report.md", render_markdown(result, profile, has_plot))
     from edgekit.report.html import fit_html

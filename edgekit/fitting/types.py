@@ -82,6 +82,7 @@ class FitResult:
     baselines: dict[str, float] = field(default_factory=dict)
     layer_errors: list[dict[str, Any]] = field(default_factory=list)  # the int8 candidate's, worst first
     layer_error_method: str = ""
+    level3: dict[str, Any] = field(default_factory=dict)  # the level-3 search: every candidate, the front
 
     @property
     def fits(self) -> bool:
@@ -106,6 +107,7 @@ class FitResult:
             "artifact": self.artifact_path.name if self.artifact_path else None,
             "candidates": [asdict(c) for c in self.candidates],
             "layer_errors": {"method": self.layer_error_method, "layers": self.layer_errors},
+            **({"level3": self.level3} if self.level3 else {}),
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
         }

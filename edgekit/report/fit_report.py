@@ -144,6 +144,9 @@ def render_markdown(r: FitResult, profile: TargetProfile, has_plot: bool) -> str
         md += ["", "## Estimate vs measurement", ""] + [f"- {line}" for line in measured_lines(r)]
     md += method_section(r)
     md += layer_error_section(r)
+    from edgekit.report.level3_report import level3_section
+
+    md += level3_section(r)
     kinds = sorted({c.latency_kind for c in r.candidates if c.latency_kind})
     if kinds:
         md += ["", "Latency figures: " + "; ".join(kinds) + ". `est` marks an estimate (rank only), `host` a "

@@ -1,0 +1,74 @@
+"""Cheap cost figures of a Keras model from its graph (no conversion): deployed parameters (BatchNorm
+folded), MACs, and a peak activation estimate (tensors alive at once in execution order; BatchNorm,
+activations, dropout and reshapes work in place, as they do once converted and fused).
+
+These rank search candidates before any conversion; every finalist is then measured on the artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+from edgekit.compress.kgraph import KGraph, class_name
+
+IN_PLACE = {"BatchNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D",
+            "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+            "Identity", "Reshape", "Flatten", "Softmax"}
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    macs: int
+    peak_activations: int  # elements (bytes at int8)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"params": self.params, "macs": self.macs, "peak_activations": self.peak_activations}
+
+
+def estimate(model: Any, g: KGraph | None = None) -> Cost:
+    g = g or KGraph(model)
+    params = macs = 0
+    for node in g.nodes:
+        layer = node.layer
+        kind = class_name(layer)
+        if kind == "BatchNormalization":
+            continue  # folded into the convolution before it
+        weights = {w.path.split("/")[-1]: tuple(int(d) for d in w.shape) for w in getattr(layer, "weights", [])}
+        params += sum(prod(s) for s in weights.values())
+        out = g.shape[node.outputs[0]]
+        positions = prod(out[1:-1]) if len(out) > 2 else 1
+        if kind in ("Conv1D", "Conv2D", "Conv3D", "Dense") and "kernel" in weights:
+            macs += positions * prod(weights["kernel"]) // max(int(layer.get_config().get("groups", 1) or 1), 1)
+        elif kind in ("DepthwiseConv1D", "DepthwiseConv2D") and "kernel" in weights:
+            macs += positions * prod(weights["kernel"])
+        elif kind in ("SeparableConv1D", "SeparableConv2D"):
+            macs += positions * (prod(weights.get("depthwise_kernel", (0,))) + prod(weights.get("pointwise_kernel",
+                                                                                                  (0,))))
+    return Cost(params, macs, peak_activations(g))
+
+
+def peak_activations(g: KGraph) -> int:
+    """The most activation elements alive at once when the nodes run in order (in-place layers share their
+    input's buffer; a tensor lives from its producer to its last reader; model inputs and outputs count)."""
+    alias: dict[int, int] = {}
+    for node in g.nodes:
+        if class_name(node.layer) in IN_PLACE and len(node.inputs) == 1:
+            alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
+    root = {k: alias.get(k, k) for k in g.shape}
+    size = {k: prod(s[1:]) if len(s) > 1 else 1 for k, s in g.shape.items()}
+    last_use: dict[int, int] = {}
+    for i, node in enumerate(g.nodes):
+        for k in node.inputs:
+            last_use[root[k]] = i
+    for k in g.outputs:
+        last_use[root[k]] = len(g.nodes)
+    live = {root[k] for k in g.inputs}
+    peak = sum(size[k] for k in live)
+    for i, node in enumerate(g.nodes):
+        for k in node.outputs:
+            live.add(root[k])
+        peak = max(peak, sum(size[k] for k in live))
+        live = {k for k in live if last_use.get(k, -1) > i}
+    return int(peak)
