@@ -16,7 +16,7 @@ from edgekit.analysis.elf_size import ElfSizes
 from edgekit.analysis.graph import Graph, read_graph
 from edgekit.analysis.runtime_size import RuntimeCode
 from edgekit.analysis.verdict import Budget, TflmAssessment, assess_tflm, budgets, hopeless, runtime_note
-from edgekit.errors import DataError, EdgekitError, MeasurementError, ModelError
+from edgekit.errors import DataError, EdgekitError, MeasurementError, ModelError, TargetRefused
 from edgekit.profiles import TargetProfile, load_profile
 
 MEASURES = ("qemu",)
@@ -183,7 +183,16 @@ def _measure_qemu(report: AnalysisReport, profile: TargetProfile, use_cache: boo
         why = "; ".join(report.blockers) or "; ".join(n for n in report.notes if "not measured" in n) or "no arena"
         raise MeasurementError(f"--measure qemu: the TFLM interpreter cannot run this model ({why})",
                                "analyze without --measure says what to change")
-    m = measure_qemu(report.deployable, profile, report.ram_bytes, use_cache)
+    try:
+        m = measure_qemu(report.deployable, profile, report.ram_bytes, use_cache)
+    except TargetRefused as exc:
+        # the host's reference kernels ran it; the target's build (optimized kernels) does not: it does not fit
+        report.blockers.append(f"the {profile.cpu} firmware: {exc.message}")
+        report.budgets = [Budget("runtime", 0, len(report.blockers), "reasons TFLM cannot run it",
+                                 "; ".join(report.blockers)) if b.name == "runtime" else b for b in report.budgets]
+        report.notes.append(f"measured on QEMU: the firmware built for {profile.cpu} ({profile.kernels}) does not "
+                            "run this model, although the host TFLM interpreter (reference kernels) does")
+        return
     report.measurement = m
     ram = Budget("ram", profile.ram_bytes, m.arena_min, "bytes",
                  f"tflm-arena measured on QEMU {m.machine} ({m.core}, {m.kernels}): the smallest that allocates")

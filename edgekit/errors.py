@@ -43,6 +43,10 @@ class MeasurementError(EdgekitError):
     """A measurement (arena, accuracy) could not be taken."""
 
 
+class TargetRefused(MeasurementError):
+    """The firmware built for the target does not run the model: its TFLM (optimized kernels) refuses it."""
+
+
 class GenerationError(EdgekitError):
     """Code or project generation failed (bad name, existing output, ...)."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.analysis.verdict import Budget
-from edgekit.errors import DataError, EdgekitError, MeasurementError
+from edgekit.errors import DataError, EdgekitError, MeasurementError, TargetRefused
 from edgekit.fitting.select import rank_key
 from edgekit.fitting.types import Candidate
 from edgekit.options import Option
@@ -142,6 +142,14 @@ def rank(cands: list[Candidate], artifacts: dict[str, Path], profile: TargetProf
             say(f"measuring finalist {c.name} on {chosen.spec} ...")
         try:
             m = _measure(c, path, profile, chosen, use_cache)
+        except TargetRefused as exc:
+            # the target's own TFLM (its optimized kernels) will not run it, whatever the host interpreter did
+            c.measured = {"device": chosen.spec, "error": exc.message}
+            c.budgets["runtime"] = Budget("runtime", 0, 1, "reasons TFLM cannot run it",
+                                          f"on {chosen.spec}: {exc.message}").to_dict()
+            c.fits = False
+            notes.append(f"{c.name} does NOT RUN on {chosen.spec}: {exc.message}")
+            continue
         except EdgekitError as exc:
             c.measured = {"device": chosen.spec, "error": exc.message}
             notes.append(f"{c.name} not measured on {chosen.spec}: {exc.message}")

@@ -26,7 +26,7 @@ from typing import Any
 
 from edgekit.analysis.elf_size import ElfSizes, read_elf
 from edgekit.analysis.linkmap import flash_sections, parse_map
-from edgekit.errors import MeasurementError, TransportTimeout
+from edgekit.errors import MeasurementError, TargetRefused, TransportTimeout
 from edgekit.measure.build import Build, build, read_cached
 from edgekit.options import Option
 from edgekit.profiles import TargetProfile
@@ -161,7 +161,7 @@ def _run(model: bytes, profile: TargetProfile, b: Build) -> QemuMeasurement:
         boot = _boot(transport, timeout)
         errors = [ln for ln in boot if ln.startswith("e-")]
         if errors:
-            raise MeasurementError(f"the firmware did not start on QEMU ({b.machine}): {' '.join(errors)[:400]}",
+            raise TargetRefused(f"the firmware did not start on QEMU ({b.machine}): {' '.join(errors)[:400]}",
                                    f"the build is in {b.directory}")
         client = Client(transport, timeout=timeout)
         body = client.command("edgekit-info").bracket("m-edgekit-info-")

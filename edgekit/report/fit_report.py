@@ -65,7 +65,8 @@ def measured_lines(r: FitResult) -> list[str]:
         if not m:
             continue
         if "error" in m:
-            lines.append(f"{c.name}: not measured on {m['device']}: {m['error']}")
+            refused = not c.budgets.get("runtime", {"fits": True})["fits"]
+            lines.append(f"{c.name}: {'does NOT RUN' if refused else 'not measured'} on {m['device']}: {m['error']}")
             continue
         est = m.get("estimate_ms")
         ratio = f" (measured/estimate {m['latency_ms'] / est:.2f}x)" if est else ""

@@ -116,6 +116,26 @@ def test_measured_arena_is_exact_and_operator_times_sum_to_the_inference(models:
     assert again["measurement"]["inference_us"] == m["inference_us"]
 
 
+def test_a_model_the_targets_kernels_refuse_does_not_fit(models: dict[str, Path], cache: Path,
+                                                         tmp_path: Path) -> None:
+    """int16x8 with per-channel weights: the host TFLM (reference kernels) runs it, CMSIS-NN's FULLY_CONNECTED
+    does not; measured on the target, check says it does not fit (exit 1) and why, in TFLM's words."""
+    _need()
+    from edgekit import data, intake
+    from edgekit.stages import quantize
+
+    model = tmp_path / "cnn_16x8.tflite"
+    calib = data.load(models["calib"], (1, 8, 8, 1))
+    model.write_bytes(quantize.convert(intake.load(models["keras"]), "int16x8", calib, "int8"))
+    assert run_cli("check", str(model), "-t", "cortex-m4").returncode == 0  # by the host's figures it fits
+    proc = run_cli("check", str(model), "-t", "cortex-m4", "--measure", "qemu", "--json",
+                   env={"EDGEKIT_MEASURE_CACHE_DIR": str(cache)}, timeout=1800)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["budgets"]["runtime"]["fits"] is False and out["measurement"] is None
+    assert "cmsis_nn/fully_connected.cc" in out["budgets"]["runtime"]["note"], out["budgets"]["runtime"]
+
+
 @pytest.mark.parametrize("core", ["cortex-m7", "cortex-m0plus"])
 def test_each_core_is_built_for_itself_and_run_on_its_machine(models: dict[str, Path], cache: Path,
                                                               core: str) -> None:
