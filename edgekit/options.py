@@ -76,7 +76,7 @@ PATH_SETTINGS = (
 OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edgekit.transports.base",
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
-                  "edgekit.stages.cluster_tune")
+                  "edgekit.stages.cluster_tune", "edgekit.compress.executor", "edgekit.fitting.level3")
 
 
 def all_options() -> list[Option]:
