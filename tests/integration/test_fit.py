@@ -229,7 +229,8 @@ def test_bad_eval_data(case: str, digits: dict[str, Path], tmp_path: Path, cache
 @pytest.mark.parametrize("args, needle", [
     (["--max-drop", "-1"], "must be a finite number >= 0"),
     (["--max-drop", "lots"], "is not a number"),
-    (["--level", "3"], "--level 3 is not available yet"),
+    (["--level", "3"], "--level 3 needs training data: pass --train"),
+    (["--level", "4"], "--level 4 is invalid (must be 1, 2 or 3)"),
     (["--metric", "nosuchmodule:f"], "cannot load metric"),
 ])
 def test_bad_options(args: list[str], needle: str, digits: dict[str, Path], tmp_path: Path,

@@ -160,7 +160,7 @@ def test_agreement_metrics_need_no_labels_and_several_metrics_are_reported(digit
     assert c["metrics"]["top5"] >= c["metrics"]["top1"]
     assert "## Every metric" in (tmp_path / "m" / "report.md").read_text()
     proc = _fit(digits, digits["keras"], "cortex-m4", tmp_path / "l3", env, "--level", "3")
-    assert proc.returncode == 2 and "--level 3 is not available yet" in proc.stderr
+    assert proc.returncode == 2 and "--level 3 needs training data" in proc.stderr
 
 
 TFLM_ROOT = os.environ.get("TFLM_ROOT", "")
