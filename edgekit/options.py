@@ -81,7 +81,7 @@ OPTION_MODULES = ("edgekit.output", "edgekit.data", "edgekit.tflm.worker", "edge
                   "edgekit.transports.adb", "edgekit.bench.protocol", "edgekit.bench.runner", "edgekit.fitting.cache",
                   "edgekit.analysis.planner", "edgekit.analysis.placement", "edgekit.analysis.reorder",
                   "edgekit.stages.cluster_tune", "edgekit.measure.build", "edgekit.measure.qemu",
-                  "edgekit.fitting.measured")
+                  "edgekit.fitting.measured", "edgekit.compress.executor", "edgekit.fitting.level3")
 
 
 def all_options() -> list[Option]:

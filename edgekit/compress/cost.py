@@ -49,15 +49,31 @@ def estimate(model: Any, g: KGraph | None = None) -> Cost:
     return Cost(params, macs, peak_activations(g))
 
 
-def peak_activations(g: KGraph) -> int:
+def peak_activations(g: KGraph, counts: dict[int, int] | None = None) -> int:
     """The most activation elements alive at once when the nodes run in order (in-place layers share their
-    input's buffer; a tensor lives from its producer to its last reader; model inputs and outputs count)."""
+    input's buffer; a tensor lives from its producer to its last reader; model inputs and outputs count).
+    ``counts`` (group id -> channels kept) gives the figure of the pruned model without building it."""
+    return peak(g, counts)[0]
+
+
+def peak(g: KGraph, counts: dict[int, int] | None = None) -> tuple[int, set[int]]:
+    """(peak elements, the dependency groups whose channels make up the tensors alive at the peak)."""
+    counts = counts or {}
     alias: dict[int, int] = {}
     for node in g.nodes:
         if class_name(node.layer) in IN_PLACE and len(node.inputs) == 1:
             alias[node.outputs[0]] = alias.get(node.inputs[0], node.inputs[0])
     root = {k: alias.get(k, k) for k in g.shape}
-    size = {k: prod(s[1:]) if len(s) > 1 else 1 for k, s in g.shape.items()}
+
+    def elements(k: int) -> int:
+        s = g.shape[k]
+        chan = g.chan.get(k)
+        if chan is None or not counts:
+            return prod(s[1:]) if len(s) > 1 else 1
+        kept = sum(counts.get(g.find(sid), g.spaces[sid].size) for sid in chan.spaces) * chan.repeat
+        return (prod(s[1:-1]) if len(s) > 2 else 1) * kept
+
+    size = {k: elements(k) for k in g.shape}
     last_use: dict[int, int] = {}
     for i, node in enumerate(g.nodes):
         for k in node.inputs:
@@ -65,10 +81,13 @@ def peak_activations(g: KGraph) -> int:
     for k in g.outputs:
         last_use[root[k]] = len(g.nodes)
     live = {root[k] for k in g.inputs}
-    peak = sum(size[k] for k in live)
+    best, at = sum(size[k] for k in live), set(live)
     for i, node in enumerate(g.nodes):
         for k in node.outputs:
             live.add(root[k])
-        peak = max(peak, sum(size[k] for k in live))
+        total = sum(size[k] for k in live)
+        if total > best:
+            best, at = total, set(live)
         live = {k for k in live if last_use.get(k, -1) > i}
-    return int(peak)
+    groups = {g.find(sid) for k in at if k in g.chan for sid in g.chan[k].spaces}
+    return int(best), groups

@@ -149,7 +149,11 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
             stopped, epoch = "deadline", epoch - 1
             break
         order = rng.permutation(len(x))
+        cut = False
         for i in range(steps):
+            if cfg.deadline is not None and i and time.monotonic() > cfg.deadline:
+                cut = True  # score what this part of an epoch did, then stop (a large model's epoch is long)
+                break
             idx = order[i * cfg.batch : (i + 1) * cfg.batch]
             if len(idx) < 2:
                 continue  # BatchNorm needs more than one sample per batch
@@ -159,7 +163,10 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
         if value > best + 1e-9:
             best, best_epoch, best_weights = value, epoch, student.get_weights()
             masters_best = [m.numpy() for m in masters.values()]
-        elif epoch - best_epoch >= cfg.patience:
+        if cut:
+            stopped = "deadline"
+            break
+        if epoch - best_epoch >= cfg.patience:
             stopped = "early stop"
             break
     student.set_weights(best_weights)

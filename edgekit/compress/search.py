@@ -41,10 +41,11 @@ UNIFORM = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.875)
 ENERGIES = (0.0, 0.9)
 RANDOM_CANDIDATES = 6
 MAX_SENSITIVITY_GROUPS = 48
-PROXY_SAMPLES = 1000
+PROXY_SAMPLES = 300  # held-out samples a proxy is scored on (the ranking only needs a rough score)
+PROXY_SHARE = 0.35  # of the search time, when there is a deadline
 MAX_FINETUNES = 8
 FINALISTS = 2
-CANCEL_GRACE = 30.0  # seconds running fine-tunes get after the deadline to finish their epoch and save
+CANCEL_GRACE = 60.0  # seconds running fine-tunes get after the deadline to finish their epoch and save
 
 
 @dataclass
@@ -153,6 +154,8 @@ class Search:
         self.baseline = float(self.score_full(self.teacher_v))
         self.baseline_proxy = float(self.score_proxy(self.teacher_v[:n]))
         self.proxy_cache = self._load_proxy_cache()
+        self.proxy_deadline: float | None = None
+        self.proxies_cut = False
 
     # ------------------------------------------------------------ helpers
 
@@ -196,8 +199,32 @@ class Search:
 
     # ------------------------------------------------------------ proxies
 
+    def repair(self, spec: Spec) -> Spec:
+        """``spec`` with the groups alive at the activation peak pruned harder (+0.1 a step, at most 0.9) until
+        the RAM estimate fits: counted from the graph with the kept channels, nothing built."""
+        if not spec.ratios or spec.origin == "sensitivity":
+            return spec
+        ratios = dict(spec.ratios)
+        changed = False
+        for _ in range(12):
+            counts = prune.keep_counts(self.g, {self.groups[k].gid: r for k, r in ratios.items() if k in self.groups})
+            peak, alive = cost.peak(self.g, counts)
+            est, _goal = self.estimate(cost.Cost(0, 0, peak))
+            if "ram" not in est or est["ram"]["fits"]:
+                break
+            keys = [k for k, grp in self.groups.items() if grp.gid in alive and ratios.get(k, 0.0) < 0.9]
+            if not keys:
+                break
+            for k in keys:
+                ratios[k] = min(0.9, round(ratios.get(k, 0.0) + 0.1, 4))
+            changed = True
+        if not changed:
+            return spec
+        return Spec(tuple(sorted(ratios.items())), spec.criterion, spec.energy, spec.origin + " + RAM repair")
+
     def proxy(self, spec: Spec, score: bool = True) -> Trial:
         """Build ``spec``, count its cost, estimate its budgets and (when they fit) score it untrained."""
+        spec = self.repair(spec)
         key = spec.key()
         if key in self.by_key:
             return self.by_key[key]
@@ -244,7 +271,7 @@ class Search:
         keys = sorted(self.groups, key=lambda k: -self.groups[k].size)[:MAX_SENSITIVITY_GROUPS]
         out: dict[str, float] = {}
         for k in keys:
-            if self.out_of_time():
+            if self._proxy_time_up():
                 break
             t = self.proxy(Spec(((k, 0.5),), self.cfg.criteria[0], 0.0, "sensitivity"), score=True)
             if t.proxy_drop is not None:
@@ -252,39 +279,76 @@ class Search:
             t.status = "sensitivity probe" if t.fits_estimate else t.status
         return out
 
+    def _proxy_time_up(self) -> bool:
+        """The proxies' share of the search time is spent (or the deadline passed)."""
+        if self.out_of_time():
+            return True
+        if self.proxy_deadline is not None and time.monotonic() >= self.proxy_deadline:
+            if not self.proxies_cut:
+                self.proxies_cut = True
+                self.notes.append(f"proxies stopped after {len(self.trials)} candidates: their share "
+                                  f"({PROXY_SHARE:.0%}) of the search time was spent")
+            return True
+        return False
+
+    def _affordable(self, count: int) -> bool:
+        """Whether ``count`` more proxies fit in the proxies' time, at the pace of those built so far."""
+        if self.proxy_deadline is None or not self.trials:
+            return True
+        pace = sum(t.seconds for t in self.trials) / len(self.trials)
+        return time.monotonic() + count * pace < self.proxy_deadline - len(self.cfg.uniform) * pace
+
     def proxies(self) -> None:
         keys = sorted(self.groups)
         uniform = dict.fromkeys(keys, 1.0)
+
+        def sweep(crit: str, name: str, weights: dict[str, float], energy: float) -> bool:
+            for r in self.cfg.uniform:
+                if self._proxy_time_up():
+                    return False
+                self.proxy(Spec(self._ratios(weights, r) if keys else (), crit, energy, name))
+                self.progress(f"proxy {len(self.trials)}")
+                if not keys:
+                    break
+            return True
+
+        # uniform ratios first: the cheapest informative sweep, and the pace of a proxy on this model
+        if not sweep(self.cfg.criteria[0], "uniform", uniform, self.cfg.energies[0]):
+            return self._save_proxy_cache()
         schemes: list[tuple[str, dict[str, float]]] = [("uniform", uniform)]
         if self.cfg.sensitivity and keys:
-            sens = self.sensitivity()
-            if sens:
-                # less sensitive groups lose more: weight ~ 1/sqrt(drop), normalized to a mean of 1
-                raw = {k: 1.0 / math.sqrt(sens.get(k, float(np.median(list(sens.values())))) + 0.5) for k in keys}
-                mean = float(np.mean(list(raw.values())))
-                schemes.append(("sensitivity", {k: v / mean for k, v in raw.items()}))
+            if self._affordable(min(len(keys), MAX_SENSITIVITY_GROUPS)):
+                sens = self.sensitivity()
+                if sens:
+                    # less sensitive groups lose more: weight ~ 1/sqrt(drop), normalized to a mean of 1
+                    med = float(np.median(list(sens.values())))
+                    raw = {k: 1.0 / math.sqrt(sens.get(k, med) + 0.5) for k in keys}
+                    mean = float(np.mean(list(raw.values())))
+                    schemes.append(("sensitivity", {k: v / mean for k, v in raw.items()}))
+            else:
+                self.notes.append(f"no per-group sensitivity probes: {len(keys)} groups would take more than the "
+                                  "proxies' share of --time-budget at this model's pace")
         rng = np.random.default_rng(self.cfg.seed)
         for crit in self.cfg.criteria:
             for energy in self.cfg.energies:
                 for name, weights in schemes:
-                    for r in self.cfg.uniform:
-                        if self.out_of_time():
-                            return
-                        self.proxy(Spec(self._ratios(weights, r) if keys else (), crit, energy, name))
-                        self.progress(f"proxy {len(self.trials)}")
+                    if (crit, name, energy) == (self.cfg.criteria[0], "uniform", self.cfg.energies[0]):
+                        continue  # swept above
+                    if not sweep(crit, name, weights, energy):
+                        return self._save_proxy_cache()
                     if not keys:
                         break
         if keys:  # seeded random perturbations around the schemes
             for i in range(self.cfg.random_candidates):
-                if self.out_of_time():
-                    return
+                if self._proxy_time_up():
+                    break
                 name, weights = schemes[i % len(schemes)]
                 r = float(rng.choice(self.cfg.uniform))
                 noisy = {k: w * float(np.exp(rng.normal(0, 0.35))) for k, w in weights.items()}
                 energy = float(rng.choice(self.cfg.energies))
                 self.proxy(Spec(self._ratios(noisy, r), self.cfg.criteria[0], energy, f"random ({name})"))
                 self.progress(f"proxy {len(self.trials)}")
-        self._save_proxy_cache()
+        return self._save_proxy_cache()
 
     # ------------------------------------------------------------ front and fine-tunes
 
@@ -414,6 +478,8 @@ class Search:
 
     def run(self) -> SearchResult:
         t0 = time.monotonic()
+        if self.cfg.deadline is not None:  # leave most of the time to the fine-tunes
+            self.proxy_deadline = t0 + PROXY_SHARE * max(0.0, self.cfg.deadline - t0)
         self.proxies()
         front = self.front()
         self.notes.append(f"{len(self.trials)} candidates built and scored without training; {len(front)} on the "

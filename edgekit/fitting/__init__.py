@@ -1,7 +1,8 @@
 """`edgekit fit`: compress and convert a model to fit a target within an accuracy tolerance.
 
 The package: ``types`` (rungs, candidates, results), ``ladder`` (which candidates per runtime and
-level), ``build`` (one candidate built and measured), ``select`` (the winner), ``cache`` (verified
+level), ``build`` (one candidate built and measured; ``clustered``: the rungs built from the
+clustered float model), ``select`` (the winner), ``cache`` (verified
 candidate cache), ``search`` (the search itself and its output).
 """
 

@@ -114,7 +114,9 @@ def run(job: Job, base: list[Candidate], rungs: list[Rung], key_base: dict[str, 
     reserve = 0.0
     if deadline_fit is not None:  # time for measuring the finalists after the search
         left = deadline_fit - time.perf_counter()
-        reserve = min(max(0.0, left) / 2, 1.5 * elapsed_base * search_mod.FINALISTS)
+        # the original's ladder took elapsed_base; a finalist's runs the same rungs but the clustered ones, and
+        # the second finalist is measured only when the first has no eligible artifact
+        reserve = min(max(0.0, left) / 2, 1.2 * elapsed_base)
     deadline = None if deadline_fit is None else time.monotonic() + (deadline_fit - time.perf_counter()) - reserve
     ref = _reference(base, job)
     estimate = _estimator(job, teacher, ref, goal)

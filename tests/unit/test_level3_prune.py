@@ -110,6 +110,9 @@ def test_pruning_dead_channels_removes_them_and_keeps_the_outputs() -> None:
     expected = (3 * 3 * 3 * 8 + 8) + 4 * 8 + (8 * 8 + 8) + 4 * 8 + (9 * 8 + 8) + 4 * 8 + (8 * 4 + 4) + \
         (9 * 8 * 8 + 8) + (720 * 12 + 12) + (12 * 5 + 5)
     assert small.count_params() == expected < model.count_params()
+    from edgekit.compress import cost  # the peak activations counted from the plan match the built model's
+
+    assert cost.peak_activations(g, counts) == cost.estimate(small).peak_activations < cost.peak_activations(g)
 
 
 def test_pruned_model_saves_reloads_converts_and_its_files_shrink(tmp_path: Path) -> None:

@@ -145,3 +145,21 @@ def test_search_record_is_json(digits: tuple[Any, tuple[np.ndarray, ...]], tmp_p
     assert len(s.trials) == 2
     doc = json.loads(json.dumps([t.to_dict() for t in s.trials]))
     assert doc[0]["params"] > doc[1]["params"] and all(d["proxy_drop"] is not None for d in doc)
+
+
+def test_ram_repair_prunes_the_groups_alive_at_the_peak(digits: tuple[Any, tuple[np.ndarray, ...]],
+                                                        tmp_path: Path) -> None:
+    from edgekit.compress import cost
+    from edgekit.compress.candidate import Spec
+
+    model, split = digits
+    s = _search(model, split, tmp_path, None)
+    limit = 0.6 * cost.estimate(model).peak_activations
+
+    def estimate(c: Any) -> tuple[dict[str, dict[str, Any]], float]:
+        return {"ram": {"limit": limit, "estimate": c.peak_activations, "fits": c.peak_activations <= limit}}, 0.0
+
+    s.estimate = estimate
+    t = s.proxy(Spec(tuple((k, 0.1) for k in sorted(s.groups)), "l1", 0.0, "uniform"))
+    assert t.spec.origin == "uniform + RAM repair" and t.fits_estimate and t.peak_activations <= limit
+    assert max(r for _, r in t.spec.ratios) > 0.1 and min(r for _, r in t.spec.ratios) == 0.1  # only some groups
