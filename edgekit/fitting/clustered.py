@@ -142,7 +142,8 @@ def build(job: Job, rung: Rung, cand: Candidate) -> Path:
         cand.saved["int4 weights (dynamic_wi4c_afp32) vs the float32 .tflite"] = _float_bytes(job) - len(tfl)
         return finish_tflite(job, rung, cand, tfl)
     # LUT: per-tensor int8, so a kernel clustered per layer keeps its k values in every channel and TFLM's
-    # decoder needs one k-entry table per tensor (per-channel scales would need one table per channel)
+    # decoder needs one k-entry table per tensor (per-channel scales would need one table per channel); a
+    # BatchNorm folded into the filter scales each channel apart, which lut.cluster re-clusters (lossy)
     per_channel = rung.mode != "lut"
     base = bytes(v.calibrated(job).int8(job.profile.io_dtype, per_channel=per_channel))
     cand.detail += f"; {v.conversion}"
@@ -163,8 +164,8 @@ def build(job: Job, rung: Rung, cand: Candidate) -> Path:
         bits = int(math.log2(v.k))
         clustered, tensors = lut.cluster(base, bits)
         changed = _changed_filters(base, clustered, tensors)
-        if changed:  # a filter the float clustering left alone, or channels the converter gave more values
-            cand.detail += f"; {changed} int8 filter(s) re-clustered per channel to fit {v.k} values"
+        if changed:  # a filter the float clustering left alone, or a BatchNorm the converter folded into it
+            cand.detail += f"; {changed} int8 filter(s) re-clustered at the int8 level to {v.k} values"
         compressed = lut.compress(clustered, tensors, bits)
         cand.detail += (f"; {len(tensors)} per-tensor int8 filters (at most {v.k} values each) LUT-compressed at "
                         f"{bits} bits by TFLM's compression package (one table per tensor)")

@@ -56,8 +56,9 @@ def kmeans_int(values: np.ndarray, k: int, iters: int = KMEANS_ITERS) -> np.ndar
 
 
 def cluster(data: bytes, bits: int, min_elements: int = MIN_ELEMENTS) -> tuple[bytes, list[int]]:
-    """The int8 model with every large CONV_2D / FULLY_CONNECTED filter clustered per output channel to
-    at most 2**bits values; (model, filter tensor indices clustered)."""
+    """The int8 model with every large CONV_2D / FULLY_CONNECTED filter clustered to at most 2**bits values
+    per output channel (per-channel quantization) or in the whole tensor (per-tensor quantization: one table);
+    (model, filter tensor indices clustered)."""
     model = flatbuf.load(data)
     sg = model.subgraphs[0]
     done = []
@@ -68,7 +69,16 @@ def cluster(data: bytes, bits: int, min_elements: int = MIN_ELEMENTS) -> tuple[b
         q = t.quantization
         if a is None or t.type != flatbuf.TT.INT8 or a.size < min_elements or ti in done:
             continue
-        axis = int(q.quantizedDimension) if q is not None and q.scale is not None and len(q.scale) > 1 else 0
+        per_channel = q is not None and q.scale is not None and len(q.scale) > 1
+        if not per_channel:
+            # one table for the whole tensor (what compress() asks TFLM for): at most 2**bits values in all of
+            # it. Clustering each channel apart is not enough once the converter folded a BatchNorm into the
+            # filter (every channel scaled differently): TFLM's compressor then needs 8-bit indices and refuses
+            flatbuf.set_buffer(model, t, kmeans_int(a.reshape(-1), 2**bits).reshape(a.shape).astype(np.int8)
+                               .tobytes())
+            done.append(ti)
+            continue
+        axis = int(q.quantizedDimension)
         if axis not in (0, a.ndim - 1):
             continue  # TFLM's decoder takes channel axis 0 or the last one only
         rows = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)

@@ -3,6 +3,8 @@ k-means clustering for TFLM's LUT compression."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgekit.stages import int4, lut
@@ -57,3 +59,36 @@ def test_layer_error_records_are_cache_entries_that_clear_removes(tmp_path) -> N
     assert [e.path for e in found] == [record]
     assert cache.clear(tmp_path) == (1, found[0].bytes)
     assert not record.exists() and (side / "notes.txt").read_text() == "not edgekit's"
+
+
+def test_lut_per_tensor_filter_with_a_folded_batchnorm_gets_one_table() -> None:
+    """Per-tensor int8 of a clustered Conv2D followed by a BatchNorm: the converter folds the BatchNorm's
+    per-channel scales into the filter, so every channel holds its own k values. TFLM's compressor wants at
+    most 2**bits values in the whole tensor for one table; clustering each channel apart left 8-bit indices
+    and it refused (found on MobileNetV2 at level 2: 'index_bitwidth too small: 8 bits needed')."""
+    from edgekit import intake
+    from edgekit._tf import keras
+    from edgekit.data import Dataset
+    from edgekit.stages import cluster, flatbuf
+    from edgekit.stages.calibrated import Calibration
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 16))
+    h = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inp)
+    h = keras.layers.BatchNormalization(gamma_initializer=keras.initializers.RandomUniform(0.2, 3.0))(h)
+    model = keras.Model(inp, keras.layers.ReLU()(h))
+    clustered, records = cluster.cluster_model(model, 16)
+    assert [r.layer for r in records] == [model.layers[1].name]
+    x = np.random.default_rng(3).random((16, 8, 8, 16), dtype=np.float32)
+    art = intake.Artifact(source=Path("bn.keras"), fmt="keras", keras_model=clustered)
+    base = Calibration(art, Dataset(x, None, "test")).int8("int8", per_channel=False)
+    fb = flatbuf.load(base)
+    (_, op, name), = list(flatbuf.weighted_ops(fb))
+    ti = op.inputs[flatbuf.FILTER_INPUT[name]]
+    w = flatbuf.tensor_array(fb, fb.subgraphs[0].tensors[ti])
+    assert w is not None and len(np.unique(w)) > 16  # the folded scales spread the 16 centroids apart
+    out, tensors = lut.cluster(base, 4)
+    assert tensors == [ti]
+    w4 = flatbuf.tensor_array(flatbuf.load(out), flatbuf.load(out).subgraphs[0].tensors[ti])
+    assert w4 is not None and len(np.unique(w4)) <= 16
+    assert len(lut.compress(out, tensors, 4)) < len(out)
