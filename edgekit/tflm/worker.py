@@ -39,6 +39,14 @@ class TflmRun:
 
 
 _ARENA_TOO_SMALL = ("failed to resize buffer", "failed to allocate", "failed starting model allocation")
+# TFLM's host interpreter does not always fail cleanly on a small arena: when a kernel's Prepare asks for a temp
+# TfLiteTensor and the arena is full it prints these and then dereferences the missing struct (SIGSEGV). Only
+# a larger trial arena, in a new child, tells that apart from a model TFLM cannot run
+_ARENA_CRASH = ("unable to allocate", "failed to populate a temp tflitetensor")
+
+
+class _ArenaCrash(MeasurementError):
+    """The child died while allocating: try again with a larger trial arena."""
 
 
 def _load_captured(runtime: Any, libc: Any, data: bytes, arena: int, log: str) -> tuple[Any, str]:
@@ -197,6 +205,8 @@ class TflmWorker:
         if "@@edgekit failed" not in section and log.is_file():  # TFLM killed the child while loading
             section += "\n" + log.read_text(errors="replace")
         failed = re.search(r"@@edgekit failed \d+ (\d+) (\w+)", section)
+        if not failed and any(k in section.lower() for k in _ARENA_CRASH):
+            return _ArenaCrash(tflm_reason(section) or "TFLM crashed while allocating the arena")
         if failed and failed.group(2) == "small":
             return TflmRefusal(f"the model does not allocate even in a {int(failed.group(1)):,}-byte trial arena",
                                "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more")
@@ -210,20 +220,37 @@ class TflmWorker:
     def run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None = None,
             timeout: options.Option = EVAL_TIMEOUT) -> list[TflmRun]:
         """Run each model on ``x`` (model i on its first ``limits[i]`` samples; 0 = all)."""
+        import time
+
+        from edgekit.analysis.graph import read_graph
+        from edgekit.tflm.record import TflmRefusal
+
+        self.timeout = timeout
+        deadline = time.monotonic() + timeout.value
+        start = 64 * 1024
+        for m in models:
+            start = max(start, 2 * read_graph(m).peak_activation_bytes() + 16 * 1024)
+        most = int(options.ARENA_MAX_BYTES.value)
+        while True:
+            try:
+                return self._run(models, x, limits, start, deadline)
+            except _ArenaCrash as exc:
+                if start >= most:
+                    raise TflmRefusal(f"the model does not allocate even in a {start:,}-byte trial arena "
+                                      f"(TFLM crashed: {exc.message})",
+                                      "raise EDGEKIT_ARENA_MAX_BYTES if the model really needs more") from None
+                start = min(most, start * 4)
+
+    def _run(self, models: list[bytes], x: np.ndarray, limits: list[int] | None, start: int,
+             deadline: float) -> list[TflmRun]:
         import json
         import re
-        import time
 
         from edgekit.analysis.graph import read_graph
         from edgekit.tflm.record import parse_allocation_record
 
         self.start()
         assert self.proc is not None and self.proc.stdin is not None
-        self.timeout = timeout
-        deadline = time.monotonic() + timeout.value
-        start = 64 * 1024
-        for m in models:
-            start = max(start, 2 * read_graph(m).peak_activation_bytes() + 16 * 1024)
         with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as tmp:
             paths = []
             for i, m in enumerate(models):
