@@ -40,7 +40,7 @@ def estimate(model: Any, g: KGraph | None = None) -> Cost:
         out = g.shape[node.outputs[0]]
         positions = prod(out[1:-1]) if len(out) > 2 else 1
         if kind in ("Conv1D", "Conv2D", "Conv3D", "Dense") and "kernel" in weights:
-            macs += positions * prod(weights["kernel"]) // max(int(layer.get_config().get("groups", 1) or 1), 1)
+            macs += positions * prod(weights["kernel"])  # a grouped kernel is already (kh, kw, in/groups, out)
         elif kind in ("DepthwiseConv1D", "DepthwiseConv2D") and "kernel" in weights:
             macs += positions * prod(weights["kernel"])
         elif kind in ("SeparableConv1D", "SeparableConv2D"):

@@ -140,7 +140,11 @@ class LocalExecutor(Executor):
         w.task = None
 
     def _died(self, w: _Worker) -> None:
-        code = w.proc.wait()
+        try:  # its pipe closed; an interpreter stuck in its shutdown is not waited for
+            code = w.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            code = w.proc.wait(timeout=10)
         tail = w.log.read_text(errors="replace").strip().splitlines()[-1:] if w.log.is_file() else []
         self._finish(w, f"the worker process exited with code {code}" + (f": {tail[0][:200]}" if tail else ""))
 

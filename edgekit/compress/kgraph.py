@@ -24,7 +24,9 @@ from edgekit.errors import StageError
 # layers whose output has new channels (kernel: [..., in, out]); groups > 1 freezes them
 PRODUCERS = {"Conv1D", "Conv2D", "Conv3D", "Dense", "SeparableConv1D", "SeparableConv2D"}
 # per-channel parameters, the channel count passes through
-PER_CHANNEL = {"BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "LayerNormalization", "PReLU"}
+PER_CHANNEL = {"BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "PReLU"}
+# (LayerNormalization is not one: it normalizes across the channel axis, so removing channels changes every
+# kept one; it is an unknown layer and freezes its input)
 # no parameters, channels pass through one to one
 PASS_THROUGH = {
     "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -209,12 +211,17 @@ class KGraph:
                 and (kind != "PReLU" or _prelu_per_channel(layer, out_shape))):
             node.kind = "per-channel"
             self.chan[out_key] = ins[0]
+            if shared:  # one set of per-channel weights serving two inputs: both would need the same channels
+                self._freeze(ins[0], f"{layer.name} is shared by several calls")
             if ins[0].repeat > 1:
                 self._freeze(ins[0], f"{layer.name} has per-channel parameters on a flattened tensor")
             return None
         if kind in PASS_THROUGH and len(ins) == 1 and channels_last and in_shapes[0][-1:] == out_shape[-1:]:
             node.kind = "pass"
             self.chan[out_key] = ins[0]
+            noise = cfg.get("noise_shape")
+            if noise and noise[-1] not in (None, 1):  # a Dropout mask shaped for the unpruned channel count
+                self._freeze(ins[0], f"{layer.name} has a noise_shape over the channels")
             return None
         if kind in MERGE and len(ins) >= 2:
             return self._merge(node, ins, in_shapes)
@@ -222,7 +229,7 @@ class KGraph:
             node.kind = "concat"
             self.chan[out_key] = Chan(tuple(s for c in ins for s in c.spaces))
             return None
-        if kind == "Flatten" and len(ins) == 1:
+        if kind == "Flatten" and len(ins) == 1 and (channels_last or len(in_shapes[0]) <= 2):
             node.kind = "flatten"
             spatial = prod(in_shapes[0][1:-1]) if len(in_shapes[0]) > 2 else 1
             self.chan[out_key] = Chan(ins[0].spaces, ins[0].repeat * spatial)

@@ -37,7 +37,9 @@ def _act(x: Any, code: int, name: str) -> Any:
     if kind == "relu":
         return keras.layers.ReLU(name=f"{name}_relu")(x)
     if kind == "relu_n1_to_1":
-        return keras.layers.Activation(lambda t: keras.ops.clip(t, -1.0, 1.0), name=f"{name}_clip")(x)
+        # a named activation, not a lambda: the workers reload the teacher in Keras' safe mode, which refuses
+        # lambdas (every fine-tune of such a model failed)
+        return keras.layers.Activation("hard_tanh", name=f"{name}_clip")(x)
     return keras.layers.Activation(kind, name=f"{name}_{kind}")(x)
 
 

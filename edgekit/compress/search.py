@@ -238,15 +238,26 @@ class Search:
             trial.kept = {str(k): int(v) for k, v in hit.get("kept", {}).items()}
             trial.cached = True
         else:
-            built = candidate.build(self.teacher, spec, self.data.x, self.data.y, self.g,
-                                    self._importance(spec.criterion) if spec.ratios else None)
-            c = cost.estimate(built.model)
+            try:
+                built = candidate.build(self.teacher, spec, self.data.x, self.data.y, self.g,
+                                        self._importance(spec.criterion) if spec.ratios else None)
+                c = cost.estimate(built.model)
+                est, _goal = self.estimate(c)
+                fits = all(b["fits"] for b in est.values())
+                wanted = score and (fits or spec.origin == "sensitivity")  # a probe is scored whatever its size
+                proxy_score = float(self.score_proxy(distill.predict(built.model, self.xv))) if wanted else None
+            except Exception as exc:  # one architecture Keras cannot build is one failed candidate, not the fit
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                trial.status = f"failed: {type(exc).__name__}" + (f": {first}" if first else "")
+                trial.seconds = time.monotonic() - t0
+                if not any(n.startswith("some candidates failed") for n in self.notes):
+                    self.notes.append("some candidates failed to build (see their status); the search went on "
+                                      "without them")
+                self.trials.append(trial)
+                self.by_key[key] = trial
+                return trial
             trial.kept = built.kept
             trial.factors = [f.__dict__ for f in built.factors]
-            est, _goal = self.estimate(c)
-            fits = all(b["fits"] for b in est.values())
-            wanted = score and (fits or spec.origin == "sensitivity")  # a probe is scored whatever its size
-            proxy_score = float(self.score_proxy(distill.predict(built.model, self.xv))) if wanted else None
             self.proxy_cache[key] = {"params": c.params, "macs": c.macs, "peak": c.peak_activations,
                                      "score": proxy_score, "fits": fits, "kept": trial.kept}
         trial.params, trial.macs, trial.peak_activations = c.params, c.macs, c.peak_activations

@@ -123,10 +123,12 @@ def run(job: Job, base: list[Candidate], rungs: list[Rung], key_base: dict[str, 
     cfg = search_mod.SearchConfig(metric=metric, reference=reference, max_drop=max_drop, goal=goal, deadline=deadline,
                                   seed=seed)
     cfg.distill.seed = seed
+    # what a fine-tune's result depends on (model, target, data, metric); not --max-drop or --optimize, which
+    # only choose among the results: changing them reuses every finished fine-tune
     skey = hashlib.sha256(json.dumps({**{k: v for k, v in key_base.items() if k != "eval"}, "train":
                                       cache.array_hash(train.x, train.y), "holdout": HOLDOUT.value,
-                                      "search": metric + reference, "goal": goal, "max_drop": max_drop,
-                                      "level3": 1}, sort_keys=True, default=str).encode()).hexdigest()
+                                      "search": metric + reference, "level3": 1}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
     root = cache.cache_dir() / cache.LEVEL3_DIR if use_cache else None
     import tempfile
 

@@ -115,6 +115,46 @@ def test_pruning_dead_channels_removes_them_and_keeps_the_outputs() -> None:
     assert cost.peak_activations(g, counts) == cost.estimate(small).peak_activations < cost.peak_activations(g)
 
 
+@pytest.mark.parametrize("case", ["shared-bn", "flatten-channels-first", "dropout-noise-shape", "layer-norm"])
+def test_layers_the_pruner_cannot_follow_freeze_their_channels(case: str) -> None:
+    """Found by review: a BatchNorm shared by two branches, a channels_first Flatten before a Dense, a Dropout
+    whose noise_shape spans the channels and a LayerNormalization (it normalizes across the channels) must
+    keep their input channels; pruning everything else still gives the same outputs for zeroed channels."""
+    from edgekit._tf import keras
+    from edgekit.compress import prune
+    from edgekit.compress.kgraph import KGraph
+
+    layers = keras.layers
+    keras.utils.set_random_seed(1)
+    x = keras.Input((6, 6, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="ca")(x)
+    if case == "shared-bn":
+        bn = layers.BatchNormalization(name="bn")
+        b = layers.Conv2D(8, 3, padding="same", name="cb")(x)
+        h = layers.Concatenate()([bn(a), bn(b)])
+        touched = ["ca", "cb"]
+    elif case == "flatten-channels-first":
+        h = layers.Flatten(data_format="channels_first")(a)
+        touched = ["ca"]
+    elif case == "dropout-noise-shape":
+        h = layers.Dropout(0.2, noise_shape=(None, 1, 1, 8))(a)
+        touched = ["ca"]
+    else:
+        h = layers.LayerNormalization()(a)
+        touched = ["ca"]
+    h = layers.Dense(4, name="fc")(layers.Flatten()(h) if case != "flatten-channels-first" else h)
+    model = keras.Model(x, h)
+    g = KGraph(model)
+    for name in touched:
+        grp = g.group_of(name)
+        assert not grp.prunable and grp.frozen, (name, grp.frozen)
+    small, _ = prune.prune(model, 0.5, "l1")  # builds and runs (nothing prunable but fc's frozen output)
+    xs = np.random.default_rng(1).random((2, 6, 6, 3), dtype=np.float32)
+    assert np.allclose(np.asarray(small(xs)), np.asarray(model(xs)), atol=1e-5)
+    if case == "dropout-noise-shape":
+        small(xs, training=True)
+
+
 def test_pruned_model_saves_reloads_converts_and_its_files_shrink(tmp_path: Path) -> None:
     from edgekit import intake
     from edgekit._tf import keras

@@ -163,3 +163,31 @@ def test_ram_repair_prunes_the_groups_alive_at_the_peak(digits: tuple[Any, tuple
     t = s.proxy(Spec(tuple((k, 0.1) for k in sorted(s.groups)), "l1", 0.0, "uniform"))
     assert t.spec.origin == "uniform + RAM repair" and t.fits_estimate and t.peak_activations <= limit
     assert max(r for _, r in t.spec.ratios) > 0.1 and min(r for _, r in t.spec.ratios) == 0.1  # only some groups
+
+
+def test_a_candidate_keras_cannot_build_is_one_failed_trial(digits: tuple[Any, tuple[np.ndarray, ...]],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An architecture whose rebuild raises (as Keras did on a BatchNorm shared by two branches before the
+    grouping froze it) is recorded as a failed candidate; the other candidates are still built and scored."""
+    from edgekit.compress import candidate
+
+    model, split = digits
+    s = _search(model, split, tmp_path, None, max_finetunes=0)
+    real = candidate.build
+    calls = {"n": 0}
+
+    def first_fails(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("Input 0 of layer 'bn' is incompatible with the layer: expected axis -1 of input "
+                             "shape to have value 8, but received input with shape (None, 6, 6, 16)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(candidate, "build", first_fails)
+    s.proxies()
+    assert len(s.trials) == 2
+    assert s.trials[0].status.startswith("failed: ValueError: Input 0 of layer 'bn'")
+    assert not s.trials[0].fits_estimate and s.trials[0].proxy_score is None
+    assert s.trials[1].proxy_score is not None and s.trials[1].params > 0
+    assert any("failed to build" in n for n in s.notes)
+    json.dumps([t.to_dict() for t in s.trials])
