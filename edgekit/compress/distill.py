@@ -84,8 +84,7 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
     """Fine-tune ``student`` in place on ``x`` against the teacher's ``targets`` (from
     :func:`teacher_targets`) and the labels ``y`` (optional); ``score`` rates the student's outputs on
     ``x_val`` (higher is better) for early stopping."""
-    import keras
-    import tensorflow as tf
+    from edgekit._tf import keras, tf
 
     cfg = cfg or DistillConfig()
     t0 = time.monotonic()
@@ -191,7 +190,7 @@ def _quantized_kernels(model: Any) -> list[Any]:
 def _fake_quant(w: Any) -> Any:
     """Symmetric per-output-channel int8 rounding (the last axis; depthwise kernels' last axis is 1, so
     their channels are axis -2)."""
-    import tensorflow as tf
+    from edgekit._tf import tf
 
     axes = list(range(len(w.shape) - 1)) if w.shape[-1] > 1 else [*range(len(w.shape) - 2), len(w.shape) - 1]
     scale = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True) / 127.0
@@ -203,7 +202,7 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray, batch: int = 64) -> bool:
     """Set every BatchNorm's moving statistics to the average of its batch statistics over ``x`` run in
     training mode, batch by batch (after pruning, the remaining channels' statistics shift; a briefly trained
     model's moving averages lag behind); True when the model has BatchNorms."""
-    import keras
+    from edgekit._tf import keras
 
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     if not bns:

@@ -94,7 +94,7 @@ def class_name(layer: Any) -> str:
 
 def functional(model: Any) -> Any:
     """The functional graph behind a model (a Sequential keeps one once it is built with an input)."""
-    import keras
+    from edgekit._tf import keras
 
     if isinstance(model, keras.Sequential):
         f = getattr(model, "_functional", None)
@@ -181,7 +181,7 @@ class KGraph:
             self._freeze(self.chan[key], "model output")
 
     def _visit(self, node: GNode, shared: bool) -> None:
-        import keras
+        from edgekit._tf import keras
 
         layer = node.layer
         kind = class_name(layer) if isinstance(layer, keras.layers.Layer) else "op"

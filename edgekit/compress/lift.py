@@ -25,7 +25,7 @@ LIFT_TOLERANCE = 1e-4  # relative to the outputs' largest magnitude
 
 
 def _act(x: Any, code: int, name: str) -> Any:
-    import keras
+    from edgekit._tf import keras
 
     kind = ACTIVATIONS.get(code)
     if code not in ACTIVATIONS:
@@ -49,7 +49,7 @@ def _padding(code: int) -> str:
 
 def lift(tfl: bytes) -> Any:
     """The Keras model computing what the float .tflite ``tfl`` computes (subgraph 0, one input)."""
-    import keras
+    from edgekit._tf import keras
 
     model = flatbuf.load(tfl)
     sg = model.subgraphs[0]

@@ -118,7 +118,7 @@ def _tucker2(k: np.ndarray, r1: int, r2: int) -> tuple[np.ndarray, np.ndarray, n
 def apply(model: Any, factors: list[Factor]) -> Any:
     """The model with each planned layer replaced by its factors (names: <layer>_svd_a/_b,
     <layer>_tk_a/_b/_c)."""
-    import keras
+    from edgekit._tf import keras
 
     g = KGraph(model)
     replace: dict[str, Any] = {}

@@ -93,7 +93,7 @@ def _bn_scores(g: KGraph, grp: Group) -> np.ndarray | None:
 
 
 def _taylor(g: KGraph, x: np.ndarray, y: np.ndarray | None, batch: int, batches: int) -> dict[int, np.ndarray]:
-    import tensorflow as tf
+    from edgekit._tf import tf
 
     model = g.model
     groups = g.prunable()
@@ -152,7 +152,7 @@ def logits_of(model: Any) -> tuple[Any, str]:
     ``logits`` (the input of a final Softmax layer or softmax Activation, sharing the model's layers),
     ``probs`` (the model ends in a layer with a softmax activation: take the log of its outputs) or ``raw``
     (no softmax at the end: regression, scores, an autoencoder)."""
-    import keras
+    from edgekit._tf import keras
 
     g = KGraph(model)
     last = [n for n in g.nodes if n.outputs[0] == g.outputs[0]] if len(g.outputs) == 1 else []

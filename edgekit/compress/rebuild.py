@@ -28,7 +28,7 @@ def rebuild(g: KGraph, configs: dict[str, dict[str, Any]] | None = None,
     """The rebuilt model. ``configs``: layer name -> config overrides; ``replace``: layer name -> a callable
     taking the node's inputs and returning its output (it creates its own, uniquely named layers);
     ``weights``: new layer name -> its weights (others keep the old layer's weights, which must still fit)."""
-    import keras
+    from edgekit._tf import keras
 
     configs, replace, weights = configs or {}, replace or {}, weights or {}
     tmap: dict[int, Any] = {}

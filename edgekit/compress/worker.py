@@ -56,7 +56,7 @@ def run_task(folder: Path) -> dict[str, Any]:
     task = json.loads((folder / "task.json").read_text())
     threads = int(task.get("threads", 0))
     if threads:
-        import tensorflow as tf
+        from edgekit._tf import tf
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)

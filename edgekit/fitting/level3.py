@@ -84,9 +84,25 @@ def held_out_metric(met: Metric, train: data_mod.Dataset, is_classifier: bool) -
     return fallback, "float", f"{fallback} with the original model ({why})"
 
 
+def teacher_of(art: Any) -> tuple[Any, str]:
+    """(the Keras model level 3 changes, a note when it was rebuilt from the float graph); raises the one-line
+    StageError of a model level 3 cannot work on (a subclassed model, an operator the rebuild does not know)
+    - called before the ladder, so that error comes before minutes of level-1/2 work, not after them."""
+    from edgekit.compress import lift
+    from edgekit.compress.kgraph import KGraph
+
+    teacher, note = art.keras_model, ""
+    if teacher is None:
+        teacher = lift.from_artifact(art)
+        note = ("level 3 works on a Keras model rebuilt from the converted float graph "
+                f"({lift.describe(teacher)}); its outputs match the float .tflite's")
+    KGraph(teacher)
+    return teacher, note
+
+
 def run(job: Job, base: list[Candidate], rungs: list[Rung], key_base: dict[str, Any], baseline: float,
         max_drop: float, goal: str, opts: Level3Options, use_cache: bool, t_start: float,
-        progress: Any = None) -> Outcome:
+        progress: Any = None, prepared: tuple[Any, str] | None = None) -> Outcome:
     """The level-3 candidates (every finalist architecture through ``rungs``) and the search's record."""
     from edgekit.compress import executor as executor_mod
     from edgekit.compress import search as search_mod
@@ -94,13 +110,9 @@ def run(job: Job, base: list[Candidate], rungs: list[Rung], key_base: dict[str, 
     from edgekit.stages import quantize
 
     out = Outcome()
-    teacher = job.art.keras_model
-    if teacher is None:
-        from edgekit.compress import lift
-
-        teacher = lift.from_artifact(job.art)
-        out.notes.append("level 3 works on a Keras model rebuilt from the converted float graph "
-                         f"({lift.describe(teacher)}); its outputs match the float .tflite's")
+    teacher, note = prepared or teacher_of(job.art)
+    if note:
+        out.notes.append(note)
     train = job.train
     assert opts.train is not None
     if train is None:

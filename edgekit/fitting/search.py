@@ -32,7 +32,7 @@ from edgekit.evaluate import Metric, get_metrics, run_litert
 from edgekit.fitting import cache
 from edgekit.fitting.build import BUILDERS, LATENCY_SOURCES, Job, coreml_predicts, keras_outputs
 from edgekit.fitting.ladder import IOS18_MODES_FROM, ios_version, ladder
-from edgekit.fitting.level3 import Level3Options, check_options
+from edgekit.fitting.level3 import Level3Options, check_options, teacher_of
 from edgekit.fitting.level3 import run as run_level3
 from edgekit.fitting.measured import Device, check_device, rank
 from edgekit.fitting.select import closest, select
@@ -261,6 +261,8 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         "metric": ",".join(m.name for m in mets), "seed": options.SEED.value, "code": cache.code_hash(),
         "latency": latency,
     }
+    # a model level 3 cannot change is the one-line error now, before the ladder's minutes
+    l3_teacher = teacher_of(art) if level >= 3 and l3 is not None else None
     progress = _Progress(len(rungs), profile.name, quiet)
     candidates: list[Candidate] = []
     artifacts: dict[str, Path] = {}
@@ -319,7 +321,8 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
         level3_record: dict[str, Any] = {}
         if level >= 3 and l3 is not None:  # architectures changed, each through this ladder (fitting.level3)
             done = run_level3(job, candidates, rungs, key_base, baseline, max_drop, goal, l3, use_cache, t_start,
-                              None if quiet else lambda text: progress.show(len(rungs), f"level 3: {text}"))
+                              None if quiet else lambda text: progress.show(len(rungs), f"level 3: {text}"),
+                              prepared=l3_teacher)
             candidates += done.candidates
             artifacts.update(done.artifacts)
             notes[:] = [n for n in notes if not (n.startswith("--train ") and " not used" in n)]  # level 3 used it

@@ -76,3 +76,30 @@ def test_onnx_model_is_lifted_grouped_and_pruned(tmp_path: Path) -> None:
 
 def class_of(g: object, name: str) -> str:
     return type(g.node_of(name).layer).__name__  # type: ignore[attr-defined]
+
+
+def test_a_graph_level3_cannot_rebuild_is_refused_before_the_ladder(tmp_path: Path) -> None:
+    """An ONNX graph with an operator the Keras rebuild does not know (Sin): fit --level 3 says so in one line,
+    exit 2, before any level-1/2 rung is built (nothing in the cache) and without an output folder."""
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sin", ["c"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+    g = helper.make_graph(nodes, "sin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "sin.onnx"))
+    x = rng.random((40, 8, 8, 3), dtype=np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    proc = run_cli("fit", str(tmp_path / "sin.onnx"), "-t", "cortex-m4", "--eval", str(tmp_path / "data.npz"),
+                   "--metric", "mse-to-float", "--train", str(tmp_path / "data.npz"), "--level", "3", "-o",
+                   str(tmp_path / "out"), env={"EDGEKIT_CACHE_DIR": str(tmp_path / "cache")}, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "level 3 cannot rebuild" in lines[0] and "SIN" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] if (tmp_path / "cache").exists() else []
+    assert not cached, cached
