@@ -97,7 +97,7 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
     temp = float(cfg.temperature)
     opt = keras.optimizers.Adam(cfg.learning_rate)
     trainable = list(student.trainable_variables)
-    quantized = _quantized_kernels(student) if cfg.qat else []
+    quantized, depthwise = _quantized_kernels(student) if cfg.qat else ([], set())
     masters = {id(v): tf.Variable(v.value if hasattr(v, "value") else v, trainable=False) for v in quantized}
     opt.build([masters.get(id(v), v) for v in trainable])
 
@@ -122,7 +122,7 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
     @tf.function(reduce_retracing=True)
     def step(xb: Any, tb: Any, yb: Any) -> Any:
         for v in quantized:
-            v.assign(_fake_quant(masters[id(v)]))
+            v.assign(_fake_quant(masters[id(v)], id(v) in depthwise))
         with tf.GradientTape() as tape:
             loss = loss_fn(xb, tb, yb)
         grads = tape.gradient(loss, trainable)
@@ -132,7 +132,7 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
 
     def held_out() -> float:
         for v in quantized:
-            v.assign(_fake_quant(masters[id(v)]))
+            v.assign(_fake_quant(masters[id(v)], id(v) in depthwise))
         return float(score(predict(student, x_val)))
 
     before = held_out()
@@ -177,22 +177,31 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
     return DistillResult(epoch, best_epoch, before, best, history, stopped, time.monotonic() - t0)
 
 
-def _quantized_kernels(model: Any) -> list[Any]:
+def _quantized_kernels(model: Any) -> tuple[list[Any], set[int]]:
+    """(the kernels int8 quantizes, the ids of the depthwise ones among them)."""
     from edgekit.compress.kgraph import class_name
 
-    out = []
+    out, depthwise = [], set()
     for layer in model.layers:
-        if class_name(layer) in ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D"):
-            out += [w for w in layer.trainable_weights if w.path.split("/")[-1].endswith("kernel")]
-    return out
+        kind = class_name(layer)
+        if kind in ("Conv1D", "Conv2D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+                    "SeparableConv2D"):
+            for w in layer.trainable_weights:
+                name = w.path.split("/")[-1]
+                if name.endswith("kernel"):
+                    out.append(w)
+                    if kind.startswith("Depthwise") or name == "depthwise_kernel":
+                        depthwise.add(id(w))
+    return out, depthwise
 
 
-def _fake_quant(w: Any) -> Any:
-    """Symmetric per-output-channel int8 rounding (the last axis; depthwise kernels' last axis is 1, so
-    their channels are axis -2)."""
+def _fake_quant(w: Any, depthwise: bool = False) -> Any:
+    """Symmetric per-output-channel int8 rounding, as the converter quantizes: the last axis, or for a
+    depthwise kernel ([..., channels, multiplier]) its channel axis -2. Decided by the layer, not the shape:
+    a Dense(1) or Conv2D(filters=1) kernel also ends in 1 but has one output channel."""
     from edgekit._tf import tf
 
-    axes = list(range(len(w.shape) - 1)) if w.shape[-1] > 1 else [*range(len(w.shape) - 2), len(w.shape) - 1]
+    axes = [*range(len(w.shape) - 2), len(w.shape) - 1] if depthwise else list(range(len(w.shape) - 1))
     scale = tf.reduce_max(tf.abs(w), axis=axes, keepdims=True) / 127.0
     scale = tf.where(scale > 0, scale, tf.ones_like(scale))
     return tf.clip_by_value(tf.round(w / scale), -127, 127) * scale

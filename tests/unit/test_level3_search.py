@@ -191,3 +191,27 @@ def test_a_candidate_keras_cannot_build_is_one_failed_trial(digits: tuple[Any, t
     assert s.trials[1].proxy_score is not None and s.trials[1].params > 0
     assert any("failed to build" in n for n in s.notes)
     json.dumps([t.to_dict() for t in s.trials])
+
+
+def test_qat_rounding_follows_the_converters_channel_axis() -> None:
+    """int8 fake quantization during QAT: one scale per output channel (the last axis) for a Dense(1) kernel,
+    one per channel on axis -2 for a depthwise kernel - decided by the layer kind, not by a trailing 1."""
+    from edgekit._tf import keras
+    from edgekit.compress.distill import _fake_quant, _quantized_kernels
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((8, 1)).astype(np.float32)
+    q = np.asarray(_fake_quant(dense, False))
+    steps = q / (np.abs(dense).max() / 127.0)  # one scale for the whole single-channel kernel
+    assert np.allclose(steps, np.round(steps), atol=1e-3) and not np.allclose(q, dense)
+    dw = rng.standard_normal((3, 3, 4, 1)).astype(np.float32)
+    dw[..., 2, :] *= 50  # one loud channel must not coarsen the others
+    qd = np.asarray(_fake_quant(dw, True))
+    for c in range(4):
+        scale = np.abs(dw[..., c, :]).max() / 127.0
+        assert np.allclose(qd[..., c, :] / scale, np.round(qd[..., c, :] / scale), atol=1e-3)
+    x = keras.Input((6, 6, 3))
+    h = keras.layers.DepthwiseConv2D(3)(keras.layers.Conv2D(4, 1)(x))
+    model = keras.Model(x, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    kernels, depthwise = _quantized_kernels(model)
+    assert len(kernels) == 3 and [id(k) in depthwise for k in kernels] == [False, True, False]
