@@ -128,6 +128,15 @@ class SearchResult:
 Estimator = Callable[[cost.Cost], tuple[dict[str, dict[str, Any]], float]]
 
 
+def frozen_groups(g: KGraph, most: int = 8) -> list[str]:
+    """The groups with producers that cannot be pruned for a reason other than being the model's input or
+    output, as "layer, ...: reason" lines (at most ``most``, then how many more)."""
+    lines = [f"{', '.join(grp.producers[:3])}{' ...' if len(grp.producers) > 3 else ''}: {grp.frozen}"
+             for grp in g.groups.values() if grp.producers and grp.frozen and grp.frozen not in
+             ("model output", "model input")]
+    return lines[:most] + ([f"{len(lines) - most} more"] if len(lines) > most else [])
+
+
 class Search:
     def __init__(self, teacher: Any, data: SearchData, cfg: SearchConfig, estimate: Estimator,
                  executor: Executor | None, work: Path, cache_root: Path | None, search_key: str,
@@ -140,6 +149,9 @@ class Search:
         self.trials: list[Trial] = []
         self.by_key: dict[str, Trial] = {}
         self.notes: list[str] = []
+        kept = frozen_groups(self.g)
+        if kept:
+            self.notes.append("channel groups kept whole (the pruner cannot follow them): " + "; ".join(kept))
         self.stopped = ""
         self.scores: dict[str, dict[int, np.ndarray]] = {}
         n = min(len(data.xv), PROXY_SAMPLES)

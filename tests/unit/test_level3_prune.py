@@ -148,6 +148,10 @@ def test_layers_the_pruner_cannot_follow_freeze_their_channels(case: str) -> Non
     for name in touched:
         grp = g.group_of(name)
         assert not grp.prunable and grp.frozen, (name, grp.frozen)
+    from edgekit.compress.search import frozen_groups
+
+    said = frozen_groups(g)  # what the fit report's notes say about them
+    assert all(any(line.startswith(name) for line in said) for name in touched), said
     small, _ = prune.prune(model, 0.5, "l1")  # builds and runs (nothing prunable but fc's frozen output)
     xs = np.random.default_rng(1).random((2, 6, 6, 3), dtype=np.float32)
     assert np.allclose(np.asarray(small(xs)), np.asarray(model(xs)), atol=1e-5)
