@@ -289,6 +289,12 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                                  ).hexdigest()
             entry = cache.cache_dir() / key[:2] / key
             cached_copy = Path(work.name) / f"cached-{rung.name}{'.mlpackage' if rung.stage == 'coreml' else '.tflite'}"
+            hopeless = _cluster_over_ram(candidates, profile) if rung.stage == "cluster" else ""
+            if hopeless:  # a fine-tune per k that cannot fit: not run, and said so in the row
+                candidates.append(Candidate(rung.name, rung.stage, rung.mode, rung.value, level=rung.level,
+                                            error=hopeless))
+                progress.show(i + 1, f"{rung.name} not built (over RAM)")
+                continue
             cand, problem = cache.load_cached(entry, cached_copy) if use_cache else (None, "")
             if problem:
                 notes.append(f"cache entry for {rung.name} was not used ({problem}): rebuilt")
@@ -318,6 +324,10 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
             progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
         progress.close()
+        skipped = [c for c in candidates if c.stage == "cluster" and c.error.startswith("not built: clustering")]
+        if skipped:
+            notes[:] = [n for n in notes if not n.startswith("clustered candidates fine-tuned on ")]
+            notes.append(f"{len(skipped)} clustered candidates not built: {skipped[0].error[len('not built: '):]}")
         level3_record: dict[str, Any] = {}
         if level >= 3 and l3 is not None:  # architectures changed, each through this ladder (fitting.level3)
             done = run_level3(job, candidates, rungs, key_base, baseline, max_drop, goal, l3, use_cache, t_start,
@@ -386,6 +396,28 @@ def _shared_rows(a: np.ndarray, b: np.ndarray) -> int:
     """How many samples of ``b`` occur (byte for byte) in ``a``."""
     seen = {hashlib.sha256(row.tobytes()).digest() for row in np.ascontiguousarray(a)}
     return sum(hashlib.sha256(row.tobytes()).digest() in seen for row in np.ascontiguousarray(b))
+
+
+INT8_ACTIVATIONS = {("quantize", "int8"), ("quantize", "int8-per-tensor"), ("int4", "all"), ("int4", "keep"),
+                    ("lut", "per-channel")}
+
+
+def _cluster_over_ram(done: list[Candidate], profile: TargetProfile) -> str:
+    """Why a clustered rung cannot fit a TFLM target's RAM, or "": clustering changes the weights (in flash),
+    not the activations the arena holds, so its arena is at least the smallest one measured on the int8
+    rungs before it. A fine-tune per k spent on a model whose arena is over the budget only delays level 3,
+    which changes the activations."""
+    if not profile.is_tflm:
+        return ""
+    arenas = [(c.budgets["ram"]["used"], c.budgets["ram"]["limit"], c.name) for c in done
+              if not c.error and "ram" in c.budgets and (c.stage, c.mode) in INT8_ACTIVATIONS]
+    if not arenas:
+        return ""
+    arena, limit, name = min(arenas)
+    if arena <= limit:
+        return ""
+    return (f"not built: clustering changes weights, not activations, and the smallest RAM use of an int8 rung "
+            f"({arena:,} B, {name}) is over the {limit:,} B RAM budget; level 3 (pruning) shrinks activations")
 
 
 def _cluster_key(train: data_mod.Dataset | None) -> dict[str, Any]:

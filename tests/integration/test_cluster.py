@@ -161,6 +161,26 @@ def test_clustered_rungs_run_bit_exact_on_tflm_and_in_litert_and_are_cached_with
     assert get_metric("top1")(z["y"], out) == pytest.approx(q.metric)
 
 
+def test_clustered_rungs_are_not_fine_tuned_when_the_int8_arena_is_over_ram(digits: dict[str, Path],
+                                                                            tmp_path: Path, env: None) -> None:
+    """Clustering changes weights, not activations: on a board whose RAM the int8 arena already exceeds, the
+    clustered rungs (a fine-tune each) are rows saying why they were not built, not minutes of training."""
+    from edgekit.fitting import fit
+
+    board = tmp_path / "small-ram.toml"  # the digits CNN's int8 arena is 6,816 B; this board leaves 4 KiB
+    board.write_text('schema_version = 1\ninherit = "cortex-m4"\n[memory]\nram_size = 69_632\n')
+    res = fit(digits["keras"], str(board), str(digits["eval"]), calib=str(digits["calib"]), level=2,
+              only=["int8", "cluster16-int4", "cluster16-lut-4bit"], out_dir=tmp_path / "o", quiet=True,
+              train=str(digits["train"]), use_cache=False)
+    by = {c.name: c for c in res.candidates}
+    assert not by["int8"].error and not by["int8"].budgets["ram"]["fits"]
+    for name in ("cluster16-int4", "cluster16-lut-4bit"):
+        assert by[name].error.startswith("not built: clustering changes weights, not activations"), by[name].error
+        assert f"({by['int8'].budgets['ram']['used']:,} B, int8) is over the 4,096 B RAM budget" in by[name].error
+    assert any(n.startswith("2 clustered candidates not built") for n in res.notes), res.notes
+    assert not any("fine-tuned on" in n for n in res.notes), res.notes
+
+
 @pytest.mark.parametrize("case", ["shape", "nan", "labels"])
 def test_bad_train_data_is_a_data_error_before_any_work(digits: dict[str, Path], tmp_path: Path, env: None,
                                                         case: str) -> None:
