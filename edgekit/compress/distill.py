@@ -25,6 +25,8 @@ import numpy as np
 
 from edgekit.compress.prune import logits_of
 
+BN_SAMPLES = 256  # training samples the BatchNorm statistics are re-estimated on before each held-out score
+
 
 @dataclass
 class DistillConfig:
@@ -37,6 +39,7 @@ class DistillConfig:
     seed: int = 0
     qat: bool = False
     deadline: float | None = None  # time.monotonic() after which no further epoch starts
+    recalibrate: bool = True  # re-estimate BatchNorm statistics before each held-out score
 
 
 @dataclass
@@ -130,9 +133,16 @@ def distill(student: Any, x: np.ndarray, targets: np.ndarray, kind: str, y: np.n
         opt.apply_gradients(pairs)
         return loss
 
+    # the moving averages trail the weights by ~1/(1 - momentum) steps (1,000 for keras.applications'
+    # 0.999, far more than a fine-tune's epoch of steps): scored with them, a good epoch looks bad, early
+    # stopping keeps the wrong one and the kept weights carry stale statistics into the int8 conversion
+    bn_sample = x[: min(len(x), BN_SAMPLES)] if cfg.recalibrate else None
+
     def held_out() -> float:
         for v in quantized:
             v.assign(_fake_quant(masters[id(v)], id(v) in depthwise))
+        if bn_sample is not None:
+            recalibrate_batchnorm(student, bn_sample)
         return float(score(predict(student, x_val)))
 
     before = held_out()
