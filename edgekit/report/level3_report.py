@@ -54,7 +54,7 @@ def render_pareto(r: FitResult) -> str | None:
     pts = []
     for t in s.get("trials", []) if s else []:
         drop = t.get("tuned_drop") if t.get("tuned_drop") is not None else t.get("proxy_drop")
-        if drop is None or t.get("goal_value") is None or t.get("spec", {}).get("origin") == "sensitivity":
+        if drop is None or t.get("goal_value") is None or t.get("spec", {}).get("origin") == "probe":
             continue
         pts.append((t, float(t["goal_value"]), float(drop), t.get("tuned_drop") is not None))
     if not pts:
