@@ -150,6 +150,12 @@ def lift(tfl: bytes) -> Any:
                 vals[out_i] = keras.layers.Flatten(name=name)(src)  # what the converter made of a Flatten
             else:
                 vals[out_i] = keras.layers.Reshape(tuple(target[1:]), name=name)(src)
+        elif kind == "TRANSPOSE":  # onnx2tf's NHWC -> NCHW before an ONNX Flatten, and the like
+            perm = [int(v) for v in np.asarray(const(ins[1])).reshape(-1)]
+            if not perm or perm[0] != 0 or sorted(perm) != list(range(len(perm))):
+                raise StageError(f"{name}: a transpose that moves the batch axis cannot be rebuilt ({perm})")
+            # an unknown layer to the grouping: the channels it reorders keep their count (frozen)
+            vals[out_i] = keras.layers.Permute(tuple(perm[1:]), name=name)(vals[ins[0]])
         elif kind == "SOFTMAX":
             if abs(opts.beta - 1.0) > 1e-6:
                 raise StageError(f"{name}: softmax with beta {opts.beta} cannot be rebuilt")

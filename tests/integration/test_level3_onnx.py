@@ -103,3 +103,47 @@ def test_a_graph_level3_cannot_rebuild_is_refused_before_the_ladder(tmp_path: Pa
     assert not (tmp_path / "out").exists()
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] if (tmp_path / "cache").exists() else []
     assert not cached, cached
+
+
+def test_an_nchw_flatten_is_rebuilt_and_the_convolution_before_it_keeps_its_channels(tmp_path: Path) -> None:
+    """ONNX's Flatten of an NCHW tensor becomes a TRANSPOSE to NCHW and a RESHAPE in onnx2tf's graph (the
+    demo CNN exported to ONNX is such a graph): rebuilt as a Permute, it computes what the graph computes;
+    the grouping does not follow a Permute, so the convolution feeding it keeps its channels while the one
+    before stays prunable."""
+    from edgekit import intake
+    from edgekit.compress import lift, prune
+    from edgekit.compress.kgraph import KGraph
+    from edgekit.evaluate import run_litert
+    from edgekit.stages import quantize
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in
+             (("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (6, 8, 3, 3)), ("b2", (6,)), ("fw", (4, 6 * 4 * 4)),
+              ("fb", (4,)))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "fw", "fb"], ["y0"], transB=1),
+             helper.make_node("Softmax", ["y0"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "nchw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "nchw.onnx"))
+    art = intake.load(tmp_path / "nchw.onnx")
+    try:
+        km = lift.from_artifact(art)
+        tfl = art.float_tflite_cache or quantize.convert(art, "float32")
+    finally:
+        art.cleanup()
+    assert any(type(layer).__name__ == "Permute" for layer in km.layers), [type(v).__name__ for v in km.layers]
+    x = np.random.default_rng(1).random((3, 8, 8, 1), dtype=np.float32)
+    assert np.allclose(np.asarray(km(x)), run_litert(tfl, x), atol=1e-5)
+    g = KGraph(km)
+    (first,) = g.prunable()
+    assert first.size == 8 and [class_of(g, n) for n in first.producers] == ["Conv2D"]
+    small, counts = prune.prune(km, 0.5)
+    assert counts == {first.gid: 4} and small.count_params() < km.count_params()
