@@ -265,6 +265,7 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
     l3_teacher = teacher_of(art) if level >= 3 and l3 is not None else None
     progress = _Progress(len(rungs), profile.name, quiet)
     candidates: list[Candidate] = []
+    not_built: list[str] = []  # why each clustered rung skipped over RAM was not built
     artifacts: dict[str, Path] = {}
     work = tempfile.TemporaryDirectory(prefix="edgekit-fit-")
     job = Job(art, profile, cal, ev, met, Path(work.name), worker, latency, mets=mets, float_ref=float_out,
@@ -292,7 +293,8 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
             hopeless = _cluster_over_ram(candidates, profile) if rung.stage == "cluster" else ""
             if hopeless:  # a fine-tune per k that cannot fit: not run, and said so in the row
                 candidates.append(Candidate(rung.name, rung.stage, rung.mode, rung.value, level=rung.level,
-                                            error=hopeless))
+                                            error="not built: " + hopeless))
+                not_built.append(hopeless)
                 progress.show(i + 1, f"{rung.name} not built (over RAM)")
                 continue
             cand, problem = cache.load_cached(entry, cached_copy) if use_cache else (None, "")
@@ -324,10 +326,9 @@ def _fit_inner(art: intake.Artifact, profile: TargetProfile, rungs: list[Rung], 
                 f"{cand.flash_bytes:,} B, {met.name} {cand.metric:.3f}" if cand.metric is not None else "")
             progress.show(i + 1, f"{rung.name} {'(cached) ' if cand.cached else ''}{status}")
         progress.close()
-        skipped = [c for c in candidates if c.stage == "cluster" and c.error.startswith("not built: clustering")]
-        if skipped:
+        if not_built:
             notes[:] = [n for n in notes if not n.startswith("clustered candidates fine-tuned on ")]
-            notes.append(f"{len(skipped)} clustered candidates not built: {skipped[0].error[len('not built: '):]}")
+            notes.append(f"{len(not_built)} clustered candidates not built: {not_built[0]}")
         level3_record: dict[str, Any] = {}
         if level >= 3 and l3 is not None:  # architectures changed, each through this ladder (fitting.level3)
             done = run_level3(job, candidates, rungs, key_base, baseline, max_drop, goal, l3, use_cache, t_start,
@@ -416,7 +417,7 @@ def _cluster_over_ram(done: list[Candidate], profile: TargetProfile) -> str:
     arena, limit, name = min(arenas)
     if arena <= limit:
         return ""
-    return (f"not built: clustering changes weights, not activations, and the smallest RAM use of an int8 rung "
+    return (f"clustering changes weights, not activations, and the smallest RAM use of an int8 rung "
             f"({arena:,} B, {name}) is over the {limit:,} B RAM budget; level 3 (pruning) shrinks activations")
 
 

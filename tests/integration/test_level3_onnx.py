@@ -15,6 +15,15 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 
+def _save(nodes: list, inits: list, x_shape: list[int], y_shape: list[int], path: Path) -> Path:
+    graph = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
 def _onnx_net(path: Path) -> Path:
     rng = np.random.default_rng(0)
 
@@ -37,12 +46,7 @@ def _onnx_net(path: Path) -> Path:
              helper.make_node("Flatten", ["gp"], ["fl"]),
              helper.make_node("Gemm", ["fl", "fw", "fb"], ["y0"], transB=1),
              helper.make_node("Softmax", ["y0"], ["y"], axis=1)]
-    g = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return _save(nodes, inits, [1, 3, 16, 16], [1, 5], path)
 
 
 def test_onnx_model_is_lifted_grouped_and_pruned(tmp_path: Path) -> None:
@@ -87,11 +91,7 @@ def test_a_graph_level3_cannot_rebuild_is_refused_before_the_ladder(tmp_path: Pa
     w = numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sin", ["c"], ["s"]),
              helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
-    g = helper.make_graph(nodes, "sin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "sin.onnx"))
+    _save(nodes, [w], [1, 3, 8, 8], [1, 4], tmp_path / "sin.onnx")
     x = rng.random((40, 8, 8, 3), dtype=np.float32)
     np.savez(tmp_path / "data.npz", x=x)
     proc = run_cli("fit", str(tmp_path / "sin.onnx"), "-t", "cortex-m4", "--eval", str(tmp_path / "data.npz"),
@@ -128,12 +128,7 @@ def test_an_nchw_flatten_is_rebuilt_and_the_convolution_before_it_keeps_its_chan
              helper.make_node("Flatten", ["r2"], ["fl"]),
              helper.make_node("Gemm", ["fl", "fw", "fb"], ["y0"], transB=1),
              helper.make_node("Softmax", ["y0"], ["y"], axis=1)]
-    graph = helper.make_graph(nodes, "nchw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "nchw.onnx"))
-    art = intake.load(tmp_path / "nchw.onnx")
+    art = intake.load(_save(nodes, inits, [1, 1, 8, 8], [1, 4], tmp_path / "nchw.onnx"))
     try:
         km = lift.from_artifact(art)
         tfl = art.float_tflite_cache or quantize.convert(art, "float32")
