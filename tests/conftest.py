@@ -26,6 +26,24 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout, check=False)
 
 
+def as_other_user(cmd: list[str]) -> list[str]:
+    """``cmd`` run as uid/gid 65534: root reads every file, so a permission test run by root needs another
+    user. Skips with the reason when setpriv is missing, or when that user cannot reach this checkout or its
+    Python environment (a parent directory others cannot enter, such as a clone in ``mktemp -d``'s 0700
+    directory): the CLI could not even import there."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux): file permissions do not stop root")
+    for top in {ROOT, Path(sys.prefix).resolve()}:
+        for p in (top, *top.parents):
+            mode = p.stat().st_mode
+            if not mode & 0o001:
+                pytest.skip(f"uid 65534 cannot enter {p} (mode {mode & 0o777:o}), so it cannot run edgekit from "
+                            f"{ROOT}: clone into a directory others can traverse to run this test")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small CNN in every format edgekit takes, plus int8/float .tflite forms."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, as_other_user
 from tests.faults.conftest import FaultRunner, assert_untouched, snapshot
 
 pytestmark = pytest.mark.slow
@@ -303,6 +303,9 @@ def test_another_users_run_directory_is_left_alone(tmp_path: Path) -> None:
     removed."""
     import tempfile
 
+    cmd = [sys.executable, "-m", "edgekit", "targets", "list"]
+    if os.geteuid() == 0:  # root reads everything: be another user for the run
+        cmd = as_other_user(cmd)
     shared = Path(tempfile.mkdtemp(prefix="edgekit-shared-tmp-", dir="/tmp"))  # reachable by every user
     shared.chmod(0o1777)
     theirs = shared / "edgekit-run-1-abcdef"
@@ -310,11 +313,6 @@ def test_another_users_run_directory_is_left_alone(tmp_path: Path) -> None:
     (theirs / ".edgekit-owner").write_text("1 1\n")
     theirs.chmod(0o700 if os.geteuid() == 0 else 0o000)
     env = {**os.environ, "TMPDIR": str(shared), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "edgekit", "targets", "list"]
-    if os.geteuid() == 0:  # root reads everything: be another user for the run
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv (util-linux)")
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr

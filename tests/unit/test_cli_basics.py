@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, as_other_user, run_cli
 
 
 def test_help_is_fast_and_imports_no_heavy_framework() -> None:
@@ -61,21 +61,17 @@ def test_unreadable_model() -> None:
     import tempfile
 
     # root reads any file: then the CLI runs as 'nobody' (setpriv), for whom permissions do apply
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv (util-linux): file permissions do not stop reads")
+    cmd = as_other_user([sys.executable, "-m", "edgekit"]) if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="edgekit-perm-"))
     try:
         folder.chmod(0o755)
         p = folder / "m.tflite"
         p.write_bytes(b"x")
         p.chmod(0)
-        if os.geteuid() == 0:
-            import sys
-
-            proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                                   "-m", "edgekit", "analyze", str(p), "-t", "cortex-m4"], capture_output=True,
-                                  text=True, timeout=120, check=False,
-                                  env={**os.environ, "HOME": str(folder), "TMPDIR": str(folder)})
+        if cmd:
+            proc = subprocess.run([*cmd, "analyze", str(p), "-t", "cortex-m4"], capture_output=True, text=True,
+                                  timeout=120, check=False, env={**os.environ, "HOME": str(folder),
+                                                                 "TMPDIR": str(folder)})
         else:
             proc = run_cli("analyze", str(p), "-t", "cortex-m4")
         _assert_one_line_error(proc, "not readable")
